@@ -1,0 +1,234 @@
+"""Backend contracts: SpeechToText, LanguageModel, TextToSpeech, Embedder, and their data types.
+
+Engines are blocking native calls, so the contracts are synchronous (iterators); the pipeline and
+the server run them in worker threads and turn them into async event streams. Cancellation is a
+`threading.Event` checked between tokens / chunks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+SAMPLE_RATE_STT = 16_000
+
+
+# --------------------------------------------------------------------------- data types
+@dataclass
+class Audio:
+    """Mono float32 samples in [-1, 1] at `sample_rate` Hz."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.samples)
+        if a.ndim == 2:  # (frames, channels) -> mono
+            a = a.mean(axis=1)
+        if a.dtype == np.int16:
+            a = a.astype(np.float32) / 32768.0
+        self.samples = np.ascontiguousarray(a, dtype=np.float32)
+        self.sample_rate = int(self.sample_rate)
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate if self.sample_rate else 0.0
+
+    @classmethod
+    def empty(cls, sample_rate: int = SAMPLE_RATE_STT) -> "Audio":
+        return cls(np.zeros(0, dtype=np.float32), sample_rate)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Audio"], sample_rate: int | None = None) -> "Audio":
+        if not parts:
+            return cls.empty(sample_rate or SAMPLE_RATE_STT)
+        sr = sample_rate or parts[0].sample_rate
+        from ..audio.io import resample
+        return cls(np.concatenate([resample(p, sr).samples for p in parts]), sr)
+
+
+@dataclass
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[Segment] = field(default_factory=list)
+    language: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, resample, total ...
+
+
+@dataclass
+class SttEvent:
+    """What a streaming recogniser reports. `audio_time`: seconds of input audio consumed."""
+
+    kind: Literal["speech_start", "partial", "final", "speech_end"]
+    text: str = ""
+    audio_time: float = 0.0
+    language: str = ""
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class LlmDelta:
+    """A piece of generated text. gpt-oss emits channels; other models only `final`."""
+
+    text: str
+    channel: Literal["final", "analysis", "commentary"] = "final"
+
+
+@dataclass
+class Voice:
+    name: str
+    language: str  # primary language code: ja, en, ...
+    provider: str = ""
+    sample_rate: int = 0
+    description: str = ""
+
+
+@dataclass
+class BackendInfo:
+    """What /health reports of a provider."""
+
+    provider: str
+    endpoint: str
+    is_mock: bool = False
+    loaded: bool = False
+    ready: bool = False
+    fallback_count: int = 0
+    last_error: str = ""
+    device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- contracts
+@runtime_checkable
+class Backend(Protocol):
+    provider: str  # e.g. "llama_cpp", "whisper_cpp", "kokoro", "mock"
+    is_mock: bool
+
+    def load(self) -> None:
+        """Load the model (idempotent, thread-safe). Raises BackendUnavailable / ModelNotFound."""
+
+    def probe(self) -> None:
+        """A tiny real inference proving the engine works (for /ready). Loads if needed."""
+
+    def info(self) -> BackendInfo: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SttStream(Protocol):
+    def feed(self, audio: Audio) -> list[SttEvent]:
+        """Push audio (any rate; resampled internally); returns events produced so far."""
+
+    def flush(self) -> list[SttEvent]:
+        """End of input: finalise the current utterance (if any speech) and return events."""
+
+
+@runtime_checkable
+class SpeechToText(Backend, Protocol):
+    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript: ...
+
+    def stream(self, language: str | None = None) -> SttStream: ...
+
+
+@runtime_checkable
+class LanguageModel(Backend, Protocol):
+    def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
+                    temperature: float | None = None,
+                    cancel: threading.Event | None = None) -> Iterator[LlmDelta]:
+        """Stream the answer to OpenAI-style messages; stops promptly when `cancel` is set."""
+
+
+@runtime_checkable
+class TextToSpeech(Backend, Protocol):
+    def voices(self) -> list[Voice]: ...
+
+    def synthesize(self, text: str, *, voice: str | None = None, language: str | None = None,
+                   cancel: threading.Event | None = None) -> Iterator[Audio]:
+        """Speak `text`; yields audio chunks (one per sentence or smaller). Empty text: nothing."""
+
+
+@runtime_checkable
+class Embedder(Backend, Protocol):
+    model_id: str
+    dim: int
+
+    def embed(self, texts: Sequence[str], *, kind: Literal["document", "query"] = "document") -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised."""
+
+
+# --------------------------------------------------------------------------- helper base class
+class BaseBackend:
+    """Shared bookkeeping: lazy thread-safe load, info(), probe() default."""
+
+    provider = "base"
+    is_mock = False
+    role = ""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._ready = False
+        self._last_error = ""
+        self.load_seconds = 0.0
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            t0 = time.perf_counter()
+            try:
+                self._load()
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.load_seconds = time.perf_counter() - t0
+            self._loaded = True
+
+    def _load(self) -> None:  # override
+        pass
+
+    def probe(self) -> None:
+        self.load()
+        try:
+            self._probe()
+        except Exception as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self._ready = True
+
+    def _probe(self) -> None:  # override
+        pass
+
+    @property
+    def endpoint(self) -> str:
+        return f"inproc:{self.provider}"
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(provider=self.provider, endpoint=self.endpoint, is_mock=self.is_mock,
+                           loaded=self._loaded, ready=self._ready, last_error=self._last_error,
+                           device=self.device, warnings=self.warnings())
+
+    def close(self) -> None:
+        self._loaded = False
+        self._ready = False

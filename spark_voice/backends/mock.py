@@ -1,0 +1,239 @@
+"""Deterministic mock backends (is_mock = True): for unit tests and the mock profile only.
+
+They need nothing but numpy, behave like the real engines at the contract level (streaming,
+cancellation, sample rates, L2-normalised vectors) and are fast. Knobs for tests: token_delay,
+chunk_delay, fail (raise on use), so that fallbacks, barge-in and overload can be exercised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, VoiceError
+from ..text import chunk_text, guess_language
+from .base import SAMPLE_RATE_STT, Audio, BaseBackend, LlmDelta, Segment, SttEvent, Transcript, Voice
+
+
+class _Mock(BaseBackend):
+    provider = "mock"
+    is_mock = True
+
+    def __init__(self, fail: str | None = None) -> None:
+        super().__init__()
+        self.fail = fail  # when set, every use raises BackendUnavailable(fail)
+        self.calls = 0
+
+    def _use(self) -> None:
+        self.calls += 1
+        if self.fail:
+            raise BackendUnavailable(self.fail)
+
+    @property
+    def endpoint(self) -> str:
+        return f"inproc:mock:{self.role}"
+
+    @classmethod
+    def from_settings(cls, settings) -> "_Mock":
+        return cls()
+
+
+class MockSTT(_Mock):
+    """Energy-based: speech = 30 ms frames with RMS above `threshold`. Text names the duration."""
+
+    role = "stt"
+
+    def __init__(self, text: str | None = None, threshold: float = 0.01, partial_interval: float = 0.5,
+                 silence: float = 0.5, fail: str | None = None, language: str = "en") -> None:
+        super().__init__(fail)
+        self.text, self.threshold = text, threshold
+        self.partial_interval, self.silence, self.language = partial_interval, silence, language
+
+    @classmethod
+    def from_settings(cls, settings) -> "MockSTT":
+        lang = settings.stt_language if settings.stt_language != "auto" else "en"
+        return cls(partial_interval=settings.stt_partial_interval_ms / 1000.0,
+                   silence=settings.stt_silence_ms / 1000.0, language=lang)
+
+    def _speech_seconds(self, audio: Audio) -> float:
+        a = audio.samples
+        n = int(0.03 * audio.sample_rate) or 1
+        frames = len(a) // n
+        if frames == 0:
+            return 0.0
+        rms = np.sqrt((a[: frames * n].reshape(frames, n) ** 2).mean(axis=1))
+        return float((rms > self.threshold).sum() * 0.03)
+
+    def _text_for(self, seconds: float) -> str:
+        if seconds <= 0.0:
+            return ""
+        if self.text is not None:
+            return self.text
+        if self.language == "ja":
+            return f"モックの文字起こしです。音声は{seconds:.1f}秒でした。"
+        return f"This is a mock transcript of {seconds:.1f} seconds of speech."
+
+    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+        self._use()
+        t0 = time.perf_counter()
+        speech = self._speech_seconds(audio)
+        text = self._text_for(speech)
+        segs = [Segment(0.0, audio.duration, text)] if text else []
+        return Transcript(text, segs, language or self.language, {"total": time.perf_counter() - t0})
+
+    def stream(self, language: str | None = None) -> "MockSttStream":
+        self._use()
+        return MockSttStream(self, language or self.language)
+
+
+class MockSttStream:
+    def __init__(self, stt: MockSTT, language: str) -> None:
+        self.stt, self.language = stt, language
+        self.t = 0.0            # seconds of audio consumed
+        self.in_speech = False
+        self.speech = 0.0       # seconds of speech in the current utterance
+        self.silence = 0.0
+        self.since_partial = 0.0
+        self._rest = np.zeros(0, dtype=np.float32)
+
+    def feed(self, audio: Audio) -> list[SttEvent]:
+        from ..audio.io import resample
+
+        a = np.concatenate([self._rest, resample(audio, SAMPLE_RATE_STT).samples])
+        n = int(0.03 * SAMPLE_RATE_STT)
+        frames = len(a) // n
+        self._rest = a[frames * n:]
+        out: list[SttEvent] = []
+        for i in range(frames):
+            f = a[i * n:(i + 1) * n]
+            voiced = float(np.sqrt((f ** 2).mean())) > self.stt.threshold
+            self.t += 0.03
+            if voiced:
+                if not self.in_speech:
+                    self.in_speech, self.speech, self.since_partial = True, 0.0, 0.0
+                    out.append(SttEvent("speech_start", audio_time=self.t, language=self.language))
+                self.speech += 0.03
+                self.silence = 0.0
+            elif self.in_speech:
+                self.silence += 0.03
+            if self.in_speech:
+                self.since_partial += 0.03
+                if self.since_partial >= self.stt.partial_interval and self.silence == 0.0:
+                    self.since_partial = 0.0
+                    out.append(SttEvent("partial", self.stt._text_for(self.speech), self.t, self.language))
+                if self.silence >= self.stt.silence:
+                    out += self._final()
+        return out
+
+    def _final(self) -> list[SttEvent]:
+        text = self.stt._text_for(self.speech)
+        self.in_speech, self.speech, self.silence = False, 0.0, 0.0
+        return [SttEvent("speech_end", audio_time=self.t, language=self.language),
+                SttEvent("final", text, self.t, self.language, [Segment(0.0, self.t, text)])]
+
+    def flush(self) -> list[SttEvent]:
+        return self._final() if self.in_speech else []
+
+
+class MockLLM(_Mock):
+    """Streams a deterministic answer word by word: it repeats the question back."""
+
+    role = "llm"
+
+    def __init__(self, token_delay: float = 0.0, answer: str | None = None, fail: str | None = None) -> None:
+        super().__init__(fail)
+        self.token_delay, self.answer = token_delay, answer
+        self.last_messages: list[dict] = []
+
+    def _answer(self, messages: list[dict]) -> str:
+        if self.answer is not None:
+            return self.answer
+        user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+        user = re.sub(r"\s+", " ", str(user)).strip()[:200]
+        if guess_language(user) == "ja":
+            return f"「{user}」と聞こえました。これはモックの回答です。"
+        return f"You said: {user} This is a mock answer."
+
+    def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
+                    temperature: float | None = None,
+                    cancel: threading.Event | None = None) -> Iterator[LlmDelta]:
+        self._use()
+        self.last_messages = list(messages)
+        pieces = re.findall(r"\S+\s*|\s+", self._answer(messages))
+        if guess_language(self._answer(messages)) == "ja":  # a few characters per token
+            pieces = [p for s in pieces for p in re.findall(r".{1,3}", s, re.S)]
+        for i, piece in enumerate(pieces):
+            if cancel is not None and cancel.is_set():
+                return
+            if max_tokens is not None and i >= max_tokens:
+                return
+            if self.token_delay:
+                if cancel is not None:
+                    if cancel.wait(self.token_delay):
+                        return
+                else:
+                    time.sleep(self.token_delay)
+            yield LlmDelta(piece)
+
+
+class MockTTS(_Mock):
+    """A tone per chunk, 60 ms per character, at 24 kHz; two voices (mock-en, mock-ja)."""
+
+    role = "tts"
+    sample_rate = 24_000
+
+    def __init__(self, chunk_delay: float = 0.0, fail: str | None = None) -> None:
+        super().__init__(fail)
+        self.chunk_delay = chunk_delay
+
+    def voices(self) -> list[Voice]:
+        return [Voice("mock-en", "en", "mock", self.sample_rate), Voice("mock-ja", "ja", "mock", self.sample_rate)]
+
+    def synthesize(self, text: str, *, voice: str | None = None, language: str | None = None,
+                   cancel: threading.Event | None = None) -> Iterator[Audio]:
+        self._use()
+        names = [v.name for v in self.voices()]
+        if voice and voice not in names:
+            raise VoiceError(f"unknown voice {voice!r}; available voices: {', '.join(names)}")
+        for chunk in chunk_text(text or ""):
+            if cancel is not None and cancel.is_set():
+                return
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
+            n = int(min(len(chunk), 200) * 0.06 * self.sample_rate)
+            seed = int(hashlib.md5(chunk.encode()).hexdigest()[:4], 16)
+            freq = 180.0 + seed % 200
+            t = np.arange(n, dtype=np.float32) / self.sample_rate
+            env = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01) if n else t
+            yield Audio((0.2 * np.sin(2 * np.pi * freq * t) * env).astype(np.float32), self.sample_rate)
+
+
+class MockEmbedder(_Mock):
+    """Hashed character n-grams -> a fixed-size unit vector; similar texts get similar vectors."""
+
+    role = "embedding"
+
+    def __init__(self, dim: int = 64, fail: str | None = None) -> None:
+        super().__init__(fail)
+        self.dim = dim
+        self.model_id = f"mock-ngram-{dim}"
+
+    def embed(self, texts: Sequence[str], *, kind: str = "document") -> np.ndarray:
+        self._use()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            t = re.sub(r"\s+", " ", str(text).lower())
+            for n in (2, 3):
+                for i in range(max(0, len(t) - n + 1)):
+                    h = int.from_bytes(hashlib.blake2b(t[i:i + n].encode(), digest_size=4).digest(), "little")
+                    out[row, h % self.dim] += 1.0
+            norm = np.linalg.norm(out[row])
+            out[row] = out[row] / norm if norm else out[row]
+            if not norm:
+                out[row, 0] = 1.0
+        return out

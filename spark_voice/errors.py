@@ -1,0 +1,60 @@
+"""Typed exceptions. Every error spark_voice raises on bad input derives from SparkVoiceError."""
+
+from __future__ import annotations
+
+
+class SparkVoiceError(Exception):
+    """Base class of spark-voice errors."""
+
+
+class ConfigError(SparkVoiceError, ValueError):
+    """A setting has an invalid value; the message names the variable and the accepted values."""
+
+
+class BackendUnavailable(SparkVoiceError, RuntimeError):
+    """An engine cannot be used: its Python extra is not installed or its model cannot load."""
+
+
+class MissingDependency(BackendUnavailable, ImportError):
+    """A native binding is not installed; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str, detail: str = ""):
+        msg = (f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); "
+               f"install it with: pip install 'spark-voice[{extra}]'")
+        super().__init__(msg)
+        self.module, self.extra = module, extra
+
+
+class ModelNotFound(BackendUnavailable, FileNotFoundError):
+    """A configured model file does not exist."""
+
+
+class AudioError(SparkVoiceError, ValueError):
+    """Audio could not be decoded or is unusable; the message names the file and the reason."""
+
+
+class VoiceError(SparkVoiceError, ValueError):
+    """Unknown or invalid TTS voice; the message lists the available voices."""
+
+
+class ContextOverflow(SparkVoiceError, ValueError):
+    """A single prompt does not fit in the LLM context window."""
+
+
+class IndexError_(SparkVoiceError, RuntimeError):
+    """A RAG index is missing, corrupt, locked or built with another embedding model."""
+
+
+RagIndexError = IndexError_
+
+
+class Cancelled(SparkVoiceError):
+    """A turn was cancelled (barge-in or caller)."""
+
+
+class Overloaded(SparkVoiceError):
+    """An engine queue is full; retry later."""
+
+    def __init__(self, msg: str, retry_after: float = 1.0):
+        super().__init__(msg)
+        self.retry_after = retry_after

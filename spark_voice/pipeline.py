@@ -1,0 +1,477 @@
+"""VoicePipeline: audio in -> STT -> (RAG) -> LLM -> sentence chunker -> TTS -> audio out.
+
+One engine of the turn runs per worker thread (engines are blocking native calls): the LLM thread
+streams tokens into the chunker, a TTS thread speaks each sentence as soon as it is released, so
+the first audio comes while the LLM is still writing. Every stage reports through one `emit`
+callback as :class:`~spark_voice.events.Event`; the sync :meth:`VoicePipeline.run` collects them
+into a :class:`Turn`, the async :meth:`VoicePipeline.stream` yields them as they happen, and
+:class:`VoiceSession` drives a live audio stream (microphone, websocket) with barge-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
+
+
+from .audio.io import AudioInput, load_audio
+from .backends.base import SAMPLE_RATE_STT, Audio, Transcript
+from .errors import Cancelled, SparkVoiceError
+from .events import Event, LatencyRecorder, new_request_id
+from .text import SentenceChunker, guess_language
+
+log = logging.getLogger("spark_voice.pipeline")
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class Hit:
+    """A retrieved chunk."""
+
+    text: str
+    source: str
+    score: float
+    chunk_id: int = -1
+    start: int = 0
+    end: int = 0
+
+
+class Retriever(Protocol):
+    def search(self, query: str, top_k: int | None = None) -> list[Hit]: ...
+
+
+@dataclass
+class Turn:
+    """The result of one turn (sync API)."""
+
+    request_id: str
+    transcript: str = ""
+    answer: str = ""
+    language: str = ""
+    audio: Audio | None = None
+    hits: list[Hit] = field(default_factory=list)
+    analysis: str = ""
+    events: list[Event] = field(default_factory=list)
+    latencies: dict[str, float] = field(default_factory=dict)  # ms, see events.turn_latencies
+    cancelled: bool = False
+    error: str = ""
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.latencies
+
+
+class VoicePipeline:
+    """Wire STT, LLM, TTS (and optionally a retriever) and run voice turns.
+
+    Build from settings (``VoicePipeline.from_settings(profile="mock")``) or pass backends.
+    Any backend may be None: without STT the pipeline takes text only, without TTS it answers in
+    text only.
+    """
+
+    def __init__(self, stt: Any = None, llm: Any = None, tts: Any = None, *, retriever: Retriever | None = None,
+                 embedder: Any = None, settings: Any = None, system_prompt: str | None = None,
+                 language: str | None = None, voice: str | None = None, history_turns: int | None = None,
+                 top_k: int | None = None, latency_window: int | None = None) -> None:
+        from .config import Settings
+
+        self.settings = settings if settings is not None else Settings.load(use_dotenv=False, profile="mock")
+        s = self.settings
+        self.stt, self.llm, self.tts = stt, llm, tts
+        self.retriever, self.embedder = retriever, embedder
+        self.system_prompt = s.llm_system_prompt if system_prompt is None else system_prompt
+        self.language = language or s.stt_language
+        self.voice = voice if voice is not None else (s.tts_default_voice or None)
+        self.history_turns = s.llm_history_turns if history_turns is None else history_turns
+        self.top_k = top_k or s.rag_top_k
+        self.history: list[dict[str, str]] = []
+        self.latency = LatencyRecorder(latency_window or s.serve_latency_window)
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_settings(cls, settings: Any = None, *, load: bool = False, **overrides: Any) -> "VoicePipeline":
+        """Build every configured backend (lazily loaded unless `load=True`)."""
+        from .backends.registry import build
+        from .config import Settings
+
+        s = settings if settings is not None else Settings.load(**overrides)
+        stt, llm, tts = build("stt", s), build("llm", s), build("tts", s)
+        retriever, embedder, warn = None, None, []
+        if s.rag_enabled != "off":
+            index = s.path(s.rag_index_path)
+            if index.exists():
+                try:
+                    from .rag.retrieve import IndexRetriever
+
+                    embedder = build("embedding", s)
+                    retriever = IndexRetriever.open(index, embedder, settings=s)
+                except Exception as exc:  # a broken index must not stop the assistant
+                    warn.append(f"rag: index {index} not usable, answering without retrieval: {exc}")
+            elif s.rag_enabled == "on":
+                warn.append(f"rag: index {index} not found; run `spark-voice ingest --source DIR` "
+                            "(answering without retrieval)")
+        p = cls(stt, llm, tts, retriever=retriever, embedder=embedder, settings=s)
+        p.warnings.extend(warn)
+        for w in warn:
+            log.warning(w)
+        if load:
+            p.load()
+        return p
+
+    def backends(self) -> dict[str, Any]:
+        out = {"stt": self.stt, "llm": self.llm, "tts": self.tts, "embedding": self.embedder}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def load(self, probe: bool = False) -> None:
+        for b in self.backends().values():
+            b.probe() if probe else b.load()
+
+    def close(self) -> None:
+        for b in self.backends().values():
+            b.close()
+
+    def reset(self) -> None:
+        """Forget the conversation history."""
+        self.history.clear()
+
+    # ------------------------------------------------------------------ cancellation
+    def cancel(self, request_id: str | None = None) -> None:
+        """Stop the given turn (or every running turn) promptly: LLM and TTS check between tokens."""
+        with self._lock:
+            targets = [self._cancels[request_id]] if request_id in self._cancels else (
+                list(self._cancels.values()) if request_id is None else [])
+        for ev in targets:
+            ev.set()
+
+    # ------------------------------------------------------------------ sync API
+    def run(self, audio: AudioInput | None = None, *, text: str | None = None, speak: bool = True,
+            request_id: str | None = None, sample_rate: int | None = None, streaming_stt: bool = False,
+            on_event: Emit | None = None) -> Turn:
+        """Run one turn and return the whole :class:`Turn` (blocking; safe inside notebooks)."""
+        events: list[Event] = []
+
+        def emit(ev: Event) -> None:
+            events.append(ev)
+            if on_event is not None:
+                on_event(ev)
+
+        turn = self._turn(emit, audio=audio, text=text, speak=speak, request_id=request_id,
+                          sample_rate=sample_rate, streaming_stt=streaming_stt)
+        turn.events = events
+        return turn
+
+    # ------------------------------------------------------------------ async API
+    async def stream(self, audio: AudioInput | None = None, *, text: str | None = None, speak: bool = True,
+                     request_id: str | None = None, sample_rate: int | None = None,
+                     streaming_stt: bool = False) -> AsyncIterator[Event]:
+        """Yield the turn's events as they happen. Closing the iterator cancels the turn."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event | None] = asyncio.Queue()
+        rid = request_id or new_request_id()
+
+        def emit(ev: Event) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, ev)
+
+        def work() -> None:
+            try:
+                self._turn(emit, audio=audio, text=text, speak=speak, request_id=rid,
+                           sample_rate=sample_rate, streaming_stt=streaming_stt)
+            except Exception:
+                pass  # reported as an `error` event
+            finally:
+                loop.call_soon_threadsafe(q.put_nowait, None)
+
+        worker = threading.Thread(target=work, name=f"turn-{rid}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                ev = await q.get()
+                if ev is None:
+                    break
+                yield ev
+        finally:
+            self.cancel(rid)
+
+    # ------------------------------------------------------------------ the turn
+    def _turn(self, emit: Emit, *, audio=None, text=None, speak=True, request_id=None,
+              sample_rate=None, streaming_stt=False, start: float | None = None,
+              transcript: Transcript | None = None, prior_events: Sequence[Event] = ()) -> Turn:
+        rid = request_id or new_request_id()
+        cancel = threading.Event()
+        with self._lock:
+            self._cancels[rid] = cancel
+        start = time.perf_counter() if start is None else start
+        events: list[Event] = []
+        turn = Turn(request_id=rid)
+
+        def out(stage: str, text: str = "", audio: Audio | None = None, t: float | None = None, **data) -> Event:
+            ev = Event(stage, rid, t if t is not None else time.perf_counter(), text, data, audio)
+            events.append(ev)
+            emit(ev)
+            return ev
+
+        try:
+            # 1. speech to text
+            if transcript is not None:
+                turn.transcript, turn.language = transcript.text, transcript.language
+            elif text is not None:
+                turn.transcript = text.strip()
+            else:
+                if audio is None:
+                    raise SparkVoiceError("run() needs audio or text")
+                if self.stt is None:
+                    raise SparkVoiceError("this pipeline has no speech-to-text backend; pass text=")
+                tr = self._transcribe(audio, sample_rate, streaming_stt, out, cancel)
+                turn.transcript, turn.language = tr.text, tr.language
+            lang = self.language if self.language != "auto" else (turn.language or guess_language(turn.transcript))
+            turn.language = lang
+            if not turn.transcript:
+                out("turn.done", reason="no speech")
+                return turn
+            # 2. retrieval
+            hits = self._retrieve(turn.transcript, out)
+            turn.hits = hits
+            # 3. LLM -> chunker -> TTS
+            if self.llm is None:
+                raise SparkVoiceError("this pipeline has no language model backend")
+            self._answer(turn, hits, speak, cancel, out)
+            turn.cancelled = cancel.is_set()
+            out("turn.done", cancelled=turn.cancelled)
+            if not turn.cancelled:
+                self._remember(turn.transcript, turn.answer)
+        except Cancelled:
+            turn.cancelled = True
+            out("turn.done", cancelled=True)
+        except Exception as exc:
+            turn.error = f"{type(exc).__name__}: {exc}"
+            log.error("turn failed", extra={"request_id": rid, "error": turn.error})
+            out("error", turn.error, error_type=type(exc).__name__)
+            out("turn.done", error=turn.error)
+            raise
+        finally:
+            with self._lock:
+                self._cancels.pop(rid, None)
+            turn.latencies = self.latency.record_events(rid, [*prior_events, *events], start)
+            log.info("turn", extra={"request_id": rid, "stage": "turn.done", "latency_ms": turn.latencies,
+                                    "transcript": turn.transcript[:200], "answer": turn.answer[:200],
+                                    "cancelled": turn.cancelled})
+        return turn
+
+    def _transcribe(self, audio, sample_rate, streaming, out, cancel) -> Transcript:
+        a = load_audio(audio, SAMPLE_RATE_STT, source_rate=sample_rate)
+        if not streaming:
+            tr = self.stt.transcribe(a, None if self.language == "auto" else self.language)
+            out("stt.final", tr.text, language=tr.language, audio_s=round(a.duration, 3),
+                segments=[[round(s.start, 2), round(s.end, 2), s.text] for s in tr.segments])
+            return tr
+        # streaming: feed 20 ms frames through the recogniser, as a live source would
+        stream = self.stt.stream(None if self.language == "auto" else self.language)
+        step = SAMPLE_RATE_STT // 50
+        finals: list[str] = []
+        lang = ""
+        for i in range(0, max(len(a.samples), 1), step):
+            if cancel.is_set():
+                raise Cancelled()
+            for ev in stream.feed(Audio(a.samples[i:i + step], SAMPLE_RATE_STT)):
+                lang = ev.language or lang
+                self._stt_event(ev, out, finals)
+        for ev in stream.flush():
+            lang = ev.language or lang
+            self._stt_event(ev, out, finals)
+        text = " ".join(f for f in finals if f).strip() if lang != "ja" else "".join(finals)
+        return Transcript(text, [], lang)
+
+    @staticmethod
+    def _stt_event(ev, out, finals: list[str]) -> None:
+        if ev.kind == "final":
+            finals.append(ev.text)
+            out("stt.final", ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
+        else:
+            out(f"stt.{ev.kind}", ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
+
+    def _retrieve(self, query: str, out) -> list[Hit]:
+        if self.retriever is None:
+            return []
+        t0 = time.perf_counter()
+        try:
+            hits = self.retriever.search(query, self.top_k)
+        except Exception as exc:
+            log.warning("retrieval failed; answering without it", extra={"error": str(exc)})
+            out("rag.hits", hits=[], error=str(exc))
+            return []
+        out("rag.hits", hits=[{"source": h.source, "score": round(float(h.score), 4), "chunk_id": h.chunk_id}
+                              for h in hits], ms=round((time.perf_counter() - t0) * 1000, 3))
+        return hits
+
+    def messages_for(self, user_text: str, hits: Sequence[Hit] = ()) -> list[dict[str, str]]:
+        system = self.system_prompt
+        if hits:
+            ctx = "\n".join(f"[{i + 1}] ({h.source}) {h.text.strip()}" for i, h in enumerate(hits))
+            system = (f"{system}\n\nUse the following context if it helps; cite nothing aloud.\n"
+                      f"Context:\n{ctx}")
+        msgs = [{"role": "system", "content": system}] if system else []
+        return msgs + list(self.history) + [{"role": "user", "content": user_text}]
+
+    def _remember(self, user: str, answer: str) -> None:
+        if self.history_turns <= 0:
+            return
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        del self.history[: max(0, len(self.history) - 2 * self.history_turns)]
+
+    def _answer(self, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event, out) -> None:
+        messages = self.messages_for(turn.transcript, hits)
+        chunker = SentenceChunker()
+        sentences: queue.Queue[str | None] = queue.Queue()
+        answer: list[str] = []
+        analysis: list[str] = []
+        chunks: list[Audio] = []
+        tts_error: list[BaseException] = []
+        emit_analysis = bool(getattr(self.settings, "llm_emit_analysis", False))
+
+        def speaker() -> None:
+            while True:
+                s = sentences.get()
+                if s is None or cancel.is_set():
+                    return
+                try:
+                    lang = guess_language(s) if turn.language in ("ja", "en", "auto", "") else turn.language
+                    if turn.language == "ja" and lang == "en" and not any(c.isalpha() for c in s):
+                        lang = "ja"
+                    for chunk in self.tts.synthesize(s, voice=self.voice, language=lang, cancel=cancel):
+                        if cancel.is_set():
+                            return
+                        chunks.append(chunk)
+                        out("tts.chunk", s, audio=chunk)
+                except Exception as exc:  # reported after the LLM stops
+                    tts_error.append(exc)
+                    cancel.set()
+                    return
+
+        tts_thread = None
+        if speak and self.tts is not None:
+            tts_thread = threading.Thread(target=speaker, name=f"tts-{turn.request_id}", daemon=True)
+            tts_thread.start()
+
+        def release(parts: Iterable[str]) -> None:
+            for sentence in parts:
+                out("llm.sentence", sentence)
+                if tts_thread is not None:
+                    sentences.put(sentence)
+
+        try:
+            for delta in self.llm.stream_chat(messages, cancel=cancel):
+                if cancel.is_set():
+                    break
+                if delta.channel != "final":
+                    analysis.append(delta.text)
+                    if emit_analysis:
+                        out("llm.analysis", delta.text, channel=delta.channel)
+                    continue
+                if not delta.text:
+                    continue
+                answer.append(delta.text)
+                out("llm.token", delta.text, channel="final")
+                release(chunker.push(delta.text))
+            if not cancel.is_set():
+                release(chunker.flush())
+        finally:
+            sentences.put(None)
+            if tts_thread is not None:
+                tts_thread.join()
+        turn.answer = "".join(answer).strip()
+        turn.analysis = "".join(analysis)
+        if tts_error:
+            raise tts_error[0]
+        if chunks:
+            turn.audio = Audio.concat(chunks)
+
+
+class VoiceSession:
+    """A live conversation over a stream of audio frames (microphone, websocket).
+
+    `feed(frame)` pushes audio through the streaming recogniser; each final transcript starts a
+    turn in the background; speech that starts while the assistant is answering cancels that turn
+    (barge-in). Events go to `emit` (called from worker threads).
+    """
+
+    def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
+                 request_id_factory: Callable[[], str] = new_request_id) -> None:
+        if pipeline.stt is None:
+            raise SparkVoiceError("a voice session needs a speech-to-text backend")
+        self.pipeline, self.emit, self.speak = pipeline, emit, speak
+        lang = pipeline.language
+        self._stream = pipeline.stt.stream(None if lang == "auto" else lang)
+        self._new_id = request_id_factory
+        self._rid = request_id_factory()
+        self._turn_start: float | None = None
+        self._events: list[Event] = []
+        self._worker: threading.Thread | None = None
+        self._active_rid: str | None = None
+        self._lock = threading.Lock()
+        self.turns: list[Turn] = []
+
+    @property
+    def speaking(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def feed(self, frame: Audio) -> None:
+        if self._turn_start is None:
+            self._turn_start = time.perf_counter()
+        for ev in self._stream.feed(frame):
+            self._on_stt(ev)
+
+    def flush(self) -> None:
+        for ev in self._stream.flush():
+            self._on_stt(ev)
+
+    def _on_stt(self, ev) -> None:
+        now = time.perf_counter()
+        if ev.kind == "speech_start":
+            if self.speaking and self._active_rid:
+                self.pipeline.cancel(self._active_rid)  # barge-in
+                self.emit(Event("turn.barge_in", self._active_rid, now, data={"by": self._rid}))
+            self._turn_start = now
+        e = Event(f"stt.{ev.kind}", self._rid, now, ev.text,
+                  {"language": ev.language, "audio_time": round(ev.audio_time, 3)})
+        self._events.append(e)
+        self.emit(e)
+        if ev.kind == "final":
+            self._start_turn(ev)
+
+    def _start_turn(self, ev) -> None:
+        rid, start, stt_events = self._rid, self._turn_start, list(self._events)
+        self._rid, self._events, self._turn_start = self._new_id(), [], None
+        if self._worker is not None and self._worker.is_alive():
+            self.pipeline.cancel(self._active_rid)
+            self._worker.join()
+        transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
+
+        def work() -> None:
+            try:
+                turn = self.pipeline._turn(self.emit, transcript=transcript, speak=self.speak,
+                                           request_id=rid, start=start, prior_events=stt_events)
+                self.turns.append(turn)
+            except Exception:
+                pass  # already reported as an `error` event
+
+        self._active_rid = rid
+        self._worker = threading.Thread(target=work, name=f"session-turn-{rid}", daemon=True)
+        self._worker.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def close(self) -> None:
+        if self._active_rid:
+            self.pipeline.cancel(self._active_rid)
+        self.wait(5.0)

@@ -1,0 +1,96 @@
+"""Sentence chunker between the LLM and TTS (Japanese and English), and language guessing.
+
+The chunker releases text as soon as a clause is speakable: after a sentence end (。！？!?. and
+full-width forms, newline), or after a clause mark (、，,;；:：) once the pending text is long
+enough, never producing chunks shorter than `min_chars` (short pieces wait for the next boundary).
+`flush()` returns what is left at the end of the stream.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+SENTENCE_END = set("。！？!?…\n")
+CLAUSE_MARKS = set("、，,;；:：")
+CLOSERS = set("」』）)】\"'”’")
+_JA_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f]")
+_ABBREV = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|Prof|St|vs|etc|e\.g|i\.e|No|Jr|Sr)|\b[A-Z])\.$")
+
+
+class SentenceChunker:
+    """Feed streamed text with :meth:`push`; get speakable chunks back."""
+
+    def __init__(self, min_chars: int = 6, clause_chars: int = 24, max_chars: int = 220):
+        self.min_chars = min_chars        # never emit shorter chunks (except at flush)
+        self.clause_chars = clause_chars  # split at a comma only once this much is pending
+        self.max_chars = max_chars        # force a split at a space when no punctuation comes
+        self._buf = ""
+
+    def push(self, text: str) -> list[str]:
+        self._buf += text
+        out: list[str] = []
+        while True:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            chunk, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
+            if chunk:
+                out.append(chunk)
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []
+
+    def _find_cut(self) -> int | None:
+        buf = self._buf
+        n = len(buf)
+        for i, ch in enumerate(buf):
+            if ch in SENTENCE_END or (ch == "." and self._is_period_end(buf, i)):
+                j = i + 1
+                while j < n and (buf[j] in SENTENCE_END or buf[j] in CLOSERS or buf[j] == "."):
+                    j += 1
+                if j == n and ch in ".!?" and not buf.endswith("\n"):
+                    return None  # an ASCII mark at the very end may continue ("3." -> "3.5", "?!")
+                if len(buf[:j].strip()) >= self.min_chars:
+                    return j
+            elif ch in CLAUSE_MARKS and i + 1 >= self.clause_chars:
+                if i + 1 < n or ch in "、，":
+                    j = i + 1
+                    if len(buf[:j].strip()) >= self.min_chars:
+                        return j
+        if n > self.max_chars:
+            sp = buf.rfind(" ", 0, self.max_chars)
+            return sp + 1 if sp > self.min_chars else self.max_chars
+        return None
+
+    @staticmethod
+    def _is_period_end(buf: str, i: int) -> bool:
+        if i + 1 < len(buf) and not buf[i + 1].isspace() and buf[i + 1] not in CLOSERS:
+            return False  # 3.14, e.g.x, example.com
+        return not _ABBREV.search(buf[: i + 1])
+
+
+def chunk_text(text: str, **kw) -> list[str]:
+    """Split a whole text into speakable chunks."""
+    c = SentenceChunker(**kw)
+    return c.push(text) + c.flush()
+
+
+def guess_language(text: str) -> str:
+    """'ja' when the text has kana/kanji, else 'en' (a cheap router for TTS voices)."""
+    return "ja" if _JA_RE.search(text or "") else "en"
+
+
+def normalize_spaces(text: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
+_MARKER_RE = re.compile(r"\s*[\[\(（【]\s*(?:BLANK_AUDIO|blank_audio|MUSIC|Music|music|SILENCE|silence|"
+                        r"NOISE|noise|inaudible|INAUDIBLE|音楽|拍手|笑|無音)\s*[\]\)）】]\s*")
+
+
+def drop_markers(text: str) -> str:
+    """Remove whisper non-speech markers such as [BLANK_AUDIO], (music), （音楽）."""
+    return _MARKER_RE.sub(" ", text).strip()
