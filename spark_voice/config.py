@@ -8,6 +8,7 @@ keyword overrides given to :meth:`Settings.load`. The field defaults below equal
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,7 +220,7 @@ class Settings(BaseSettings):
     @classmethod
     def _v_lang(cls, v: str) -> str:
         v = v.strip().lower()
-        if not v or not (v == "auto" or (v.isalpha() and 2 <= len(v) <= 3)):
+        if not (v == "auto" or re.fullmatch(r"[a-z]{2,3}", v)):
             raise ValueError("expected a language code such as ja, en, or auto")
         return v
 
@@ -253,7 +254,7 @@ class Settings(BaseSettings):
                 name = key.lower()
                 if name not in fields:
                     if strict:
-                        raise ConfigError(f"{key}: unknown setting in {source} "
+                        raise ConfigError(f"{key.upper()}: unknown setting in {source} "
                                           f"(see .env.default for the accepted names)")
                     continue
                 merged[name] = "" if value is None else value
@@ -329,7 +330,7 @@ class Settings(BaseSettings):
     def as_env(self, mask_secrets: bool = True) -> dict[str, str]:
         """Effective settings as VARIABLE -> string, secrets masked."""
         out = {}
-        for name in self.model_fields:
+        for name in type(self).model_fields:
             if name in ("root_dir", "sources"):
                 continue
             v = getattr(self, name)

@@ -53,6 +53,11 @@ class SentenceChunker:
                     j += 1
                 if j == n and ch in ".!?" and not buf.endswith("\n"):
                     return None  # an ASCII mark at the very end may continue ("3." -> "3.5", "?!")
+                if buf[j - 1] in CLOSERS:  # 「はい。」と言った: a quoted sentence inside a sentence
+                    if j == n:
+                        return None
+                    if not buf[j].isspace() and buf[j] not in SENTENCE_END:
+                        continue
                 if len(buf[:j].strip()) >= self.min_chars:
                     return j
             elif ch in CLAUSE_MARKS and i + 1 >= self.clause_chars:
