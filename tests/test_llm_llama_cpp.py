@@ -1,0 +1,186 @@
+"""The real LLM backend (llama-cpp-python) on SmolLM2-135M-Instruct (ChatML), 2 threads."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import model_file, need_module
+
+from spark_voice.backends.llm_llama_cpp import LlamaCppLLM, _StopStrings
+from spark_voice.errors import ContextOverflow, MissingDependency, ModelNotFound
+
+QUESTION = [{"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+            {"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+
+
+@pytest.fixture(scope="module")
+def path(dev_settings):
+    need_module("llama_cpp", "llm")
+    return model_file(dev_settings, "llm")
+
+
+@pytest.fixture(scope="module")
+def llm(dev_settings, path):
+    m = LlamaCppLLM.from_settings(dev_settings)
+    m.load()
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def small_ctx(path):
+    m = LlamaCppLLM(path, n_ctx=256, n_threads=2, backend="cpu", max_tokens=32, temperature=0.0)
+    yield m
+    m.close()
+
+
+def test_settings_map_to_engine(llm, dev_settings):
+    assert llm.n_ctx == dev_settings.llm_ctx_size and llm.llm.n_ctx() == dev_settings.llm_ctx_size
+    assert llm.llm.context_params.n_threads == 2 and llm.llm.context_params.n_threads_batch == 2
+    assert llm.n_gpu_layers == 0 and llm.flash_attn is False      # dev profile: BACKEND=cpu
+    assert not llm.is_harmony
+    assert llm.endpoint == f"inproc:llama_cpp:{llm.model_path}@cpu"
+    assert "<|im_start|>" in llm.render(QUESTION)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
+    assert "<|im_start|>user\nHello there<|im_end|>" in llm.render(parts)     # OpenAI content parts
+
+
+def test_answers_a_question(llm):
+    deltas = list(llm.stream_chat(QUESTION, max_tokens=48, temperature=0.0))
+    text = "".join(d.text for d in deltas).strip()
+    assert len(deltas) >= 3                                      # streamed token by token
+    assert all(d.channel == "final" for d in deltas)
+    assert len(re.findall(r"[A-Za-z]+", text)) >= 3, text       # a real sentence, not an echo
+    assert "<|im_" not in text and "<|endoftext|>" not in text   # ChatML delimiters never leak
+    assert llm.last_stats["finish_reason"] in ("stop", "length")
+    assert llm.last_stats["completion_tokens"] >= len(deltas) - 1
+
+
+def test_cancel_stops_early(llm):
+    cancel = threading.Event()
+    got = []
+    for d in llm.stream_chat(STORY, max_tokens=200, temperature=0.0, cancel=cancel):
+        got.append(d)
+        if len(got) == 3:
+            cancel.set()
+    assert len(got) == 3
+    assert llm.last_stats["finish_reason"] == "cancelled"
+    assert llm.last_stats["completion_tokens"] == 3
+    pre = threading.Event()
+    pre.set()
+    assert list(llm.stream_chat(STORY, cancel=pre)) == []
+
+
+def test_max_tokens(llm):
+    list(llm.stream_chat(STORY, max_tokens=5, temperature=0.0))
+    assert llm.last_stats["completion_tokens"] == 5 and llm.last_stats["finish_reason"] == "length"
+
+
+def test_probe_and_health(llm):
+    llm.probe()
+    info = llm.info()
+    assert info.loaded and info.ready and not info.is_mock and info.device == "cpu"
+    assert info.warnings == []
+
+
+def test_history_trimmed_oldest_first(small_ctx):
+    history = []
+    for i in range(12):
+        history += [{"role": "user", "content": f"Question number {i}: tell me about topic {i} please."},
+                    {"role": "assistant", "content": f"Answer number {i}: topic {i} is interesting indeed."}]
+    msgs = [{"role": "system", "content": "SYSTEM-MARK be brief."}, *history,
+            {"role": "user", "content": "LAST-MARK what was topic 11?"}]
+    tokens, dropped = small_ctx.fit(msgs, 32)
+    assert dropped > 0 and dropped % 2 == 0 and len(tokens) + 32 <= 256
+    prompt = small_ctx.llm.detokenize(tokens, special=True).decode()
+    assert "SYSTEM-MARK" in prompt and "LAST-MARK" in prompt
+    assert "Question number 11" in prompt and "Answer number 11" in prompt      # newest turn kept
+    assert "Question number 0:" not in prompt                                    # oldest dropped
+    kept = [int(n) for n in re.findall(r"Question number (\d+)", prompt)]
+    assert kept == list(range(12 - len(kept), 12))                               # a suffix of history
+    deltas = list(small_ctx.stream_chat(msgs, max_tokens=32))
+    assert small_ctx.last_stats["dropped_messages"] == dropped
+    assert small_ctx.last_stats["prompt_tokens"] == len(tokens) and deltas
+
+
+def test_oversized_prompt_is_a_clear_error(small_ctx):
+    msgs = [{"role": "user", "content": "word " * 400}]
+    with pytest.raises(ContextOverflow, match=r"needs \d+ tokens.*32 more.*holds 256"):
+        list(small_ctx.stream_chat(msgs, max_tokens=32))
+    with pytest.raises(ContextOverflow):             # max_tokens alone exceeds the context
+        list(small_ctx.stream_chat([{"role": "user", "content": "hi"}], max_tokens=300))
+    assert list(small_ctx.stream_chat([{"role": "user", "content": "Hi"}], max_tokens=3))  # still usable
+
+
+def test_one_generation_at_a_time_and_health_never_blocks(llm):
+    first = llm.stream_chat(STORY, max_tokens=100, temperature=0.0)
+    next(first)                                      # generation 1 holds the engine
+    done = threading.Event()
+    result: list = []
+
+    def second():
+        result.extend(llm.stream_chat(QUESTION, max_tokens=8, temperature=0.0))
+        done.set()
+
+    t = threading.Thread(target=second, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    info = llm.info()                                # health check while generating
+    llm.probe()                                      # readiness probe does not queue either
+    assert time.perf_counter() - t0 < 2.0 and info.loaded
+    assert not done.wait(0.3)                        # the second generation waits ...
+    first.close()                                    # ... until the first one ends
+    assert done.wait(60) and result
+
+
+def test_stop_strings_split_anywhere():
+    for text in ["Paris.<|im_end|>junk", "Paris.<|im_start|>user"]:
+        for i in range(len(text)):
+            s = _StopStrings(["<|im_end|>", "<|im_start|>"])
+            out = s.push(text[:i]) + s.push(text[i:])
+            assert out == "Paris." and s.hit
+    s = _StopStrings(["<|im_end|>"])
+    assert s.push("a <|im") == "a " and s.flush() == "<|im"
+
+
+def test_missing_model_and_missing_binding(tmp_path, monkeypatch, path):
+    with pytest.raises(ModelNotFound, match="models prepare --small"):
+        LlamaCppLLM(tmp_path / "nope.gguf", backend="cpu").load()
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(MissingDependency, match=r"spark-voice\[llm\]"):
+        LlamaCppLLM(path, backend="cpu").load()
+
+
+def test_cuda_without_gpu_build_warns(path):
+    import llama_cpp
+
+    m = LlamaCppLLM(path, backend="cuda", n_gpu_layers=-1)
+    if llama_cpp.llama_supports_gpu_offload():
+        assert m.device == "cuda" and m.warnings() == []
+    else:
+        assert m.device == "cpu" and "without GPU offload" in m.warnings()[0]
+        assert m.endpoint.endswith("@cpu")
+
+
+def test_pipeline_answers_text_with_real_llm(llm, dev_settings):
+    from spark_voice.backends.mock import MockSTT, MockTTS
+    from spark_voice.pipeline import VoicePipeline
+
+    llm.max_tokens = 40
+    pipe = VoicePipeline(stt=MockSTT(), llm=llm, tts=MockTTS(), settings=dev_settings, language="en")
+    turn = pipe.run(text="What is the capital of France?")
+    assert not turn.error and len(turn.answer.split()) >= 2
+    assert not turn.answer.startswith("You said")                               # not the mock echo
+    stages = [e.stage for e in turn.events]
+    assert stages.count("llm.token") >= 3 and "tts.chunk" in stages and stages[-1] == "turn.done"
+    assert turn.audio is not None and turn.audio.duration > 0
+    assert turn.latencies["first_token"] > 0
+    assert pipe.history[-1] == {"role": "assistant", "content": turn.answer}   # multi-turn memory
+    turn2 = pipe.run(text="And of Germany?", speak=False)
+    assert turn2.answer and not turn2.error
