@@ -174,6 +174,7 @@ class Settings(BaseSettings):
     rag_chunk_overlap: int = Field(80, ge=0, le=10_000)
     rag_index_type: Literal["flat", "hnsw", "ivf"] = "flat"
     rag_min_score: float = Field(0.2, ge=-1.0, le=1.0)
+    rag_threads: int = Field(2, ge=1, le=512)
 
     # server
     serve_host: str = "127.0.0.1"
@@ -181,6 +182,7 @@ class Settings(BaseSettings):
     serve_api_key: str = ""
     serve_max_body_mb: float = Field(25.0, gt=0, le=4096)
     serve_queue_size: int = Field(8, ge=1, le=10_000)
+    serve_queue_timeout_s: float = Field(120.0, gt=0, le=3600)
     serve_latency_window: int = Field(20, ge=1, le=10_000)
 
     # where the settings came from (not an environment variable)

@@ -1,0 +1,195 @@
+"""Pure ASGI middleware: request ids + access log + request metrics, bearer key, body size cap."""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from ..events import new_request_id
+from .openai_compat import error_body
+
+log = logging.getLogger("spark_voice.serve")
+access_log = logging.getLogger("spark_voice.serve.access")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("spark_voice_request_id", default="")
+_RID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request id to log records that have none (logs from worker threads too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
+        if not getattr(record, "request_id", None):
+            rid = REQUEST_ID.get()
+            if rid:
+                record.request_id = rid
+        return True
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    for k, v in scope.get("headers") or []:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def request_id_of(scope: dict) -> str:
+    rid = (header(scope, b"x-request-id") or "").strip()
+    return rid if _RID_RE.match(rid) else new_request_id()
+
+
+async def send_json(send, status: int, body: dict, rid: str = "", headers: dict[str, str] | None = None) -> None:
+    data = json.dumps(body, ensure_ascii=False).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if rid:
+        raw.append((b"x-request-id", rid.encode()))
+    for k, v in (headers or {}).items():
+        raw.append((k.lower().encode(), str(v).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+class RequestContext:
+    """X-Request-ID in (validated) or generated; echoed on every response; one JSON access log line
+    and request metrics per request; an unhandled exception becomes a 500 in OpenAI's shape."""
+
+    def __init__(self, app, state: Any) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        rid = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        token = REQUEST_ID.set(rid)
+        if scope["type"] == "websocket":
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                REQUEST_ID.reset(token)
+        t0 = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_with_id(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # noqa: BLE001 - the server stays up, the client gets JSON
+            log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
+            if not started:
+                await send_json(send, 500, error_body(f"internal error: {type(exc).__name__}: {exc}",
+                                                      "server_error", code="internal_error"), rid)
+                status = 500
+        finally:
+            REQUEST_ID.reset(token)
+            dt = time.perf_counter() - t0
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            access_log.info("request", extra={"request_id": rid, "method": scope.get("method"),
+                                              "path": scope.get("path"), "route": route, "status": status,
+                                              "ms": round(dt * 1000.0, 2)})
+            m = self.state.metrics
+            if m is not None:
+                m.requests.labels(route, scope.get("method", ""), str(status)).inc()
+                m.request_seconds.labels(route).observe(dt)
+
+
+def bearer_ok(scope: dict, key: str, query_key: str | None = None) -> bool:
+    auth = header(scope, b"authorization") or ""
+    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not given and query_key:
+        given = query_key
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
+
+
+def unauthorized_body() -> dict:
+    return error_body("Incorrect or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>'.",
+                      "invalid_request_error", code="invalid_api_key")
+
+
+class ApiKeyAuth:
+    """With SERVE_API_KEY set, every HTTP /v1/* request needs 'Authorization: Bearer <key>' (401
+    otherwise, before the body is read). /health, /ready, /metrics stay open. The websocket route
+    checks the key itself (header or ?api_key=)."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.key and scope.get("path", "").startswith("/v1/"):
+            if not bearer_ok(scope, self.key):
+                await send_json(send, 401, unauthorized_body(), scope.get("state", {}).get("request_id", ""),
+                                {"WWW-Authenticate": "Bearer"})
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413: at once when Content-Length says so,
+    otherwise while reading (chunked uploads are counted as they arrive)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, int(limit)
+
+    def _body(self) -> dict:
+        mb = self.limit / (1024 * 1024)
+        return error_body(f"request body too large: the limit is {mb:g} MiB (SERVE_MAX_BODY_MB)",
+                          "invalid_request_error", code="request_too_large")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = scope.get("state", {}).get("request_id", "")
+        cl = header(scope, b"content-length")
+        if cl is not None and cl.strip().isdigit() and int(cl) > self.limit:
+            await send_json(send, 413, self._body(), rid, {"Connection": "close"})
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await send_json(send, 413, self._body(), rid, {"Connection": "close"})
+        except Exception as exc:
+            # frameworks may wrap the error (e.g. "error parsing the body"): look through the chain
+            cause = exc
+            while cause is not None and not isinstance(cause, BodyTooLarge):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None or started:
+                raise
+            await send_json(send, 413, self._body(), rid, {"Connection": "close"})
