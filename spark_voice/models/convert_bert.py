@@ -22,12 +22,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ..fsutil import atomic_path
 
 __all__ = ["convert_minilm", "find_minilm", "reference_embed", "PIP_HINT"]
 
@@ -140,19 +141,6 @@ def _phantom(tok: str, control: bool) -> str:
 # --------------------------------------------------------------------------- #
 # converter
 # --------------------------------------------------------------------------- #
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def convert_minilm(src_dir: str | os.PathLike | None, out_path: str | os.PathLike,
                    dtype: str = "f16") -> Path:
     """Write a llama.cpp ``bert`` GGUF for the model in ``src_dir``.
@@ -256,10 +244,7 @@ def convert_minilm(src_dir: str | os.PathLike | None, out_path: str | os.PathLik
     ftype = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
 
     # ---- write (atomic) ---------------------------------------------------
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "bert")
         w.add_name("all-MiniLM-L6-v2")
         w.add_type("model")
@@ -298,16 +283,6 @@ def convert_minilm(src_dir: str | os.PathLike | None, out_path: str | os.PathLik
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
     return out
 
 

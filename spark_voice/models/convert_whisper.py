@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fsutil import atomic_path
+
 __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
 GGML_MAGIC = 0x67676D6C
@@ -259,34 +261,25 @@ def convert_ct2_whisper(src_dir: str | Path, out_path: str | Path, dtype: str = 
     filters = mel_filters(n_mels=n_mels)
     tokens = _read_vocab(src)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<12i", GGML_MAGIC, *hparams))
-            f.write(struct.pack("<2i", *filters.shape))
-            f.write(filters.tobytes())
-            f.write(struct.pack("<i", len(tokens)))
-            for tok in tokens:
-                f.write(struct.pack("<i", len(tok)) + tok)
-            for name, arr in _whisper_tensors(v):
-                arr = np.asarray(arr, dtype=np.float32)
-                if arr.ndim < 2 or name in _ALWAYS_F32 or wtype == 0:
-                    ttype, data = 0, arr
-                elif arr.ndim == 3 or wtype == 1:  # conv kernels stay f16 for q8_0
-                    ttype, data = 1, arr.astype(np.float16)
-                else:
-                    ttype, data = wtype, _q8_0(arr)
-                key = name.encode("utf-8")
-                f.write(struct.pack(f"<3i{arr.ndim}i", arr.ndim, len(key), ttype, *arr.shape[::-1]))
-                f.write(key)
-                f.write(np.ascontiguousarray(data).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<12i", GGML_MAGIC, *hparams))
+        f.write(struct.pack("<2i", *filters.shape))
+        f.write(filters.tobytes())
+        f.write(struct.pack("<i", len(tokens)))
+        for tok in tokens:
+            f.write(struct.pack("<i", len(tok)) + tok)
+        for name, arr in _whisper_tensors(v):
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.ndim < 2 or name in _ALWAYS_F32 or wtype == 0:
+                ttype, data = 0, arr
+            elif arr.ndim == 3 or wtype == 1:  # conv kernels stay f16 for q8_0
+                ttype, data = 1, arr.astype(np.float16)
+            else:
+                ttype, data = wtype, _q8_0(arr)
+            key = name.encode("utf-8")
+            f.write(struct.pack(f"<3i{arr.ndim}i", arr.ndim, len(key), ttype, *arr.shape[::-1]))
+            f.write(key)
+            f.write(np.ascontiguousarray(data).tobytes())
     return out
 
 
@@ -323,11 +316,7 @@ def find_ct2_whisper(name: str, cache_dir: str | Path | None = None) -> Path:
     for extra in data[0].iterdir():  # config / tokenizer / vocabulary files
         if extra.is_file() and not extra.name.startswith("model.bin"):
             (cache / extra.name).write_bytes(extra.read_bytes())
-    tmp = cache / f"model.bin.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
         for p in parts:
             f.write(p.read_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
     return cache

