@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 # subcommand -> module exposing add_parser(subparsers) (imported only to build the parser)

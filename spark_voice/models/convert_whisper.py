@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import struct
 from pathlib import Path
