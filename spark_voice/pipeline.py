@@ -87,7 +87,9 @@ class VoicePipeline:
         self.retriever, self.embedder = retriever, embedder
         self.system_prompt = s.llm_system_prompt if system_prompt is None else system_prompt
         self.language = language or s.stt_language
-        self.voice = voice if voice is not None else (s.tts_default_voice or None)
+        # None: the TTS backends pick TTS_DEFAULT_VOICE when it speaks the sentence's language,
+        # else their first voice for that language. A voice set here is used for every sentence.
+        self.voice = voice
         self.history_turns = s.llm_history_turns if history_turns is None else history_turns
         self.top_k = top_k or s.rag_top_k
         self.history: list[dict[str, str]] = []
@@ -135,6 +137,20 @@ class VoicePipeline:
         for b in self.backends().values():
             b.probe() if probe else b.load()
 
+    def _preload(self, stt: bool, speak: bool) -> None:
+        """Load what a turn will use before its clock starts (no-op once loaded)."""
+        for b in (self.stt if stt else None, self.llm, self.tts if speak else None):
+            if b is not None:
+                b.load()
+        if self.retriever is not None and self.embedder is not None:
+            try:
+                self.embedder.load()
+            except Exception as exc:  # retrieval is optional: answer without it, say so
+                msg = f"rag: embedder failed to load, answering without retrieval: {exc}"
+                self.warnings.append(msg)
+                log.warning(msg)
+                self.retriever = None
+
     def close(self) -> None:
         for b in self.backends().values():
             b.close()
@@ -157,6 +173,7 @@ class VoicePipeline:
             request_id: str | None = None, sample_rate: int | None = None, streaming_stt: bool = False,
             on_event: Emit | None = None) -> Turn:
         """Run one turn and return the whole :class:`Turn` (blocking; safe inside notebooks)."""
+        self._preload(audio is not None and text is None, speak)
         events: list[Event] = []
 
         def emit(ev: Event) -> None:
@@ -175,6 +192,7 @@ class VoicePipeline:
                      streaming_stt: bool = False) -> AsyncIterator[Event]:
         """Yield the turn's events as they happen. Closing the iterator cancels the turn."""
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._preload, audio is not None and text is None, speak)
         q: asyncio.Queue[Event | None] = asyncio.Queue()
         rid = request_id or new_request_id()
 
@@ -281,22 +299,28 @@ class VoicePipeline:
         for i in range(0, max(len(a.samples), 1), step):
             if cancel.is_set():
                 raise Cancelled()
+            t_in = time.perf_counter()  # speech_start / speech_end happened when this audio came in
             for ev in stream.feed(Audio(a.samples[i:i + step], SAMPLE_RATE_STT)):
                 lang = ev.language or lang
-                self._stt_event(ev, out, finals)
+                self._stt_event(ev, out, finals, t_in)
+        t_in = time.perf_counter()
         for ev in stream.flush():
             lang = ev.language or lang
-            self._stt_event(ev, out, finals)
+            self._stt_event(ev, out, finals, t_in)
         text = " ".join(f for f in finals if f).strip() if lang != "ja" else "".join(finals)
         return Transcript(text, [], lang)
 
     @staticmethod
-    def _stt_event(ev, out, finals: list[str]) -> None:
+    def _stt_event(ev, out, finals: list[str], t_in: float | None = None) -> None:
+        # A recogniser returns speech_end and the final from the same feed() call, after decoding:
+        # stamp speech boundaries with the time their audio arrived, texts when they are ready,
+        # so that the `final` latency (speech_end -> stt.final) includes the final decode.
         if ev.kind == "final":
             finals.append(ev.text)
             out("stt.final", ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
         else:
-            out(f"stt.{ev.kind}", ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
+            t = t_in if ev.kind in ("speech_start", "speech_end") else None
+            out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3))
 
     def _retrieve(self, query: str, out) -> list[Hit]:
         if self.retriever is None:
@@ -408,6 +432,7 @@ class VoiceSession:
         if pipeline.stt is None:
             raise SparkVoiceError("a voice session needs a speech-to-text backend")
         self.pipeline, self.emit, self.speak = pipeline, emit, speak
+        pipeline.load()
         lang = pipeline.language
         self._stream = pipeline.stt.stream(None if lang == "auto" else lang)
         self._new_id = request_id_factory
@@ -424,23 +449,27 @@ class VoiceSession:
         return self._worker is not None and self._worker.is_alive()
 
     def feed(self, frame: Audio) -> None:
+        t_in = time.perf_counter()
         if self._turn_start is None:
-            self._turn_start = time.perf_counter()
+            self._turn_start = t_in
         for ev in self._stream.feed(frame):
-            self._on_stt(ev)
+            self._on_stt(ev, t_in)
 
     def flush(self) -> None:
+        t_in = time.perf_counter()
         for ev in self._stream.flush():
-            self._on_stt(ev)
+            self._on_stt(ev, t_in)
 
-    def _on_stt(self, ev) -> None:
+    def _on_stt(self, ev, t_in: float | None = None) -> None:
         now = time.perf_counter()
+        # speech boundaries: when their audio arrived (see VoicePipeline._stt_event); texts: now
+        at = t_in if t_in is not None and ev.kind in ("speech_start", "speech_end") else now
         if ev.kind == "speech_start":
             if self.speaking and self._active_rid:
                 self.pipeline.cancel(self._active_rid)  # barge-in
                 self.emit(Event("turn.barge_in", self._active_rid, now, data={"by": self._rid}))
-            self._turn_start = now
-        e = Event(f"stt.{ev.kind}", self._rid, now, ev.text,
+            self._turn_start = at
+        e = Event(f"stt.{ev.kind}", self._rid, at, ev.text,
                   {"language": ev.language, "audio_time": round(ev.audio_time, 3)})
         self._events.append(e)
         self.emit(e)

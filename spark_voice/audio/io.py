@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 from ..backends.base import Audio
+from ..fsutil import atomic_write_bytes  # noqa: F401  (re-exported)
 from ..errors import AudioError
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray, Audio]
@@ -112,34 +112,6 @@ def encode(audio: Audio, fmt: str = "opus", sample_rate: int | None = None) -> t
     else:
         sf.write(buf, samples, rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue(), rate
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write temp file in the same folder, fsync, rename: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
 
 
 def format_for_path(path: str | os.PathLike, default: str = "opus") -> str:
