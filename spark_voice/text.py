@@ -92,10 +92,17 @@ def normalize_spaces(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
 
 
-_MARKER_RE = re.compile(r"\s*[\[\(（【]\s*(?:BLANK_AUDIO|blank_audio|MUSIC|Music|music|SILENCE|silence|"
-                        r"NOISE|noise|inaudible|INAUDIBLE|音楽|拍手|笑|無音)\s*[\]\)）】]\s*")
+# Whisper writes sounds it hears as a whole bracketed note: [BLANK_AUDIO], [Music], (phone ringing),
+# (upbeat music), （音楽）, (エンディング), 【拍手】, and music as ♪ ... ♪. Speech itself is never
+# bracketed, so any short bracketed note (not glued to a word, as in f(x)) and the ♪ signs are dropped.
+_MARKER_RE = re.compile(r"\s*(?<![A-Za-z0-9])(?:\[[^\[\]\n]{0,40}\]|\([^()\n]{0,40}\)"
+                        r"|（[^（）\n]{0,30}）|【[^【】\n]{0,30}】|\*[^*\n]{0,30}\*|[♪♫♬]+)\s*")
 
 
 def drop_markers(text: str) -> str:
-    """Remove whisper non-speech markers such as [BLANK_AUDIO], (music), （音楽）."""
-    return _MARKER_RE.sub(" ", text).strip()
+    """Remove whisper non-speech markers such as [BLANK_AUDIO], (music), (phone ringing), （音楽）, ♪."""
+    def gap(m: re.Match) -> str:  # no space between Japanese characters
+        before, after = text[m.start() - 1:m.start()], text[m.end():m.end() + 1]
+        return "" if _JA_RE.match(before or " ") or _JA_RE.match(after or " ") else " "
+
+    return re.sub(r"\s{2,}", " ", _MARKER_RE.sub(gap, text)).strip()

