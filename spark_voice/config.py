@@ -30,6 +30,7 @@ PROFILE_PRESETS: dict[str, dict[str, str]] = {
         "LLM_MODEL": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "LLM_N_GPU_LAYERS": "0",
         "LLM_FLASH_ATTN": "off",
+        "LLM_TEMPERATURE": "0.2",  # SmolLM2-135M rambles at 0.7; 0.2 is its recommended setting
         "EMBEDDING_MODEL": "all-MiniLM-L6-v2.gguf",
         "EMBEDDING_NGPU": "0",
         "EMBEDDING_DOCUMENT_PREFIX": "",
@@ -139,6 +140,7 @@ class Settings(BaseSettings):
     tts_provider: str = "fish"
     tts_fallback: str = "kokoro,piper"
     tts_image: str = "spark-voice:cuda13-sm121"
+    tts_fish_ref: str = ""
     tts_model_local_dir: Path = Path("./models/tts/openaudio-s1-mini")
     tts_reference_local_dir: Path = Path("./references/tts")
     tts_backend: Device = "cuda"
