@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 import sys
 from typing import Sequence
 
@@ -67,7 +68,8 @@ def serve(settings=None, *, host: str | None = None, port: int | None = None, re
         for item in (getattr(args, "set", None) or []):
             k, _, v = item.partition("=")
             os.environ[k.strip().upper()] = v
-        uvicorn.run("spark_voice.serve.app:create_app", factory=True, reload=True, **common)
+        pkg = str(Path(__file__).resolve().parent.parent)  # watch the package, not .venv or ./models
+        uvicorn.run("spark_voice.serve.app:create_app", factory=True, reload=True, reload_dirs=[pkg], **common)
         return 0
     from .app import create_app
 

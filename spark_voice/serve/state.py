@@ -209,6 +209,9 @@ class ServerState:
         if "embedding" not in self.backends and getattr(self, "_embedding_error", ""):
             warnings.append(f"embedding: not available: {self._embedding_error}")
         warnings.extend(self.pipeline.warnings)
+        from ..doctor import gpu_warnings  # cached binding probes: no subprocess, cheap
+
+        warnings.extend(gpu_warnings(s))
         return {"status": "ok", "ready": self.ready(), "profile": s.profile,
                 "version": _version(), "uptime_s": round(time.time() - self.started, 1),
                 "providers": providers, "rag": self.rag_info(), "sessions": len(self.sessions),
