@@ -241,3 +241,17 @@ def test_real_cpu_build(tmp_path):
         assert res.returncode == 0 and int(res.stdout.strip().splitlines()[-1]) >= 1, res.stderr[-2000:]
     if only in (None, "whisper"):
         assert out["whisper"][0].startswith(str(target)) and "CUDA" not in out["whisper"][1]
+
+
+def test_pyproject_pins_match_env_default_refs():
+    """The binding versions live in .env.default; pyproject's extras must ask for the same ones."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    from dotenv import dotenv_values
+
+    root = Path(__file__).resolve().parent.parent
+    env = dotenv_values(root / ".env.default")
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"llama-cpp-python=={env['LLAMA_CPP_REF']}" in extras["llm"]
+    assert f"llama-cpp-python=={env['LLAMA_CPP_REF']}" in extras["embed"]
+    assert f"pywhispercpp=={env['PYWHISPERCPP_REF']}" in extras["stt"]
