@@ -1,4 +1,4 @@
-# Shortcuts; each target is one documented command (see docs/spark.md).
+# Shortcuts; each target is one documented command (see README "Running on a DGX Spark").
 PYTHON ?= $(shell [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 PRESET ?= cpu
 COMPOSE ?= docker compose --env-file .env -f docker/compose.yaml
