@@ -33,9 +33,21 @@ class TextFormatter(logging.Formatter):
         return f"{base} {tail}".rstrip()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record (test runners swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(fmt: str = "json", level: str = "INFO", stream=None) -> None:
     """Configure the `spark_voice` loggers (idempotent). fmt: json | text."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("spark_voice")
     for h in list(root.handlers):

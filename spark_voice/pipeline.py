@@ -135,12 +135,14 @@ class VoicePipeline:
 
     def load(self, probe: bool = False) -> None:
         for b in self.backends().values():
-            b.probe() if probe else b.load()
+            fn = getattr(b, "probe" if probe else "load", None)
+            if fn is not None:
+                fn()
 
     def _preload(self, stt: bool, speak: bool) -> None:
         """Load what a turn will use before its clock starts (no-op once loaded)."""
         for b in (self.stt if stt else None, self.llm, self.tts if speak else None):
-            if b is not None:
+            if b is not None and hasattr(b, "load"):  # plugged-in backends may load themselves
                 b.load()
         if self.retriever is not None and self.embedder is not None:
             try:
@@ -153,7 +155,8 @@ class VoicePipeline:
 
     def close(self) -> None:
         for b in self.backends().values():
-            b.close()
+            if hasattr(b, "close"):
+                b.close()
 
     def reset(self) -> None:
         """Forget the conversation history."""
