@@ -154,13 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def dispatch(args) -> int:
+    """Run a parsed command: typed errors become one `error:` line and exit code 2, no traceback."""
     from .errors import SparkVoiceError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "run" and args.input is None and args.text is None:
-        parser.error("run needs an audio file or --text")
     try:
         return int(args.func(args) or 0)
     except SparkVoiceError as exc:
@@ -168,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.input is None and args.text is None:
+        parser.error("run needs an audio file or --text")
+    return dispatch(args)
 
 
 if __name__ == "__main__":

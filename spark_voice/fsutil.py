@@ -27,9 +27,13 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temp path next to `path`; when the block succeeds, the temp file becomes `path`."""
+def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp path next to `path`; when the block succeeds, the temp file becomes `path`.
+
+    mode: permissions of the result (default: those of the file it replaces, else 0644)."""
     path = Path(path)
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -47,14 +51,14 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+    with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -35,14 +35,14 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ConfigError, ModelNotFound
 from .base import BaseBackend
-from .llm_llama_cpp import gpu_offload_supported, import_llama_cpp
+from .llm_llama_cpp import LlamaCppPlacement, gpu_offload_supported, import_llama_cpp
 
 log = logging.getLogger("spark_voice.embedding")
 
 POOLINGS = ("mean", "cls", "last")
 
 
-class LlamaCppEmbedder(BaseBackend):
+class LlamaCppEmbedder(LlamaCppPlacement, BaseBackend):
     provider = "llama_cpp"
     role = "embedding"
 
@@ -124,17 +124,6 @@ class LlamaCppEmbedder(BaseBackend):
     def model_id(self) -> str:
         self.load()
         return self._model_id
-
-    @property
-    def device(self) -> str:
-        if self.backend != "cuda" or self.n_gpu_layers == 0:
-            return "cpu"
-        offload = self._offload if self.llm is not None else gpu_offload_supported()
-        return "cuda" if offload else "cpu"
-
-    @property
-    def endpoint(self) -> str:
-        return self.endpoint_override or f"inproc:llama_cpp:{self.model_path}@{self.device}"
 
     def warnings(self) -> list[str]:
         if self.backend == "cuda" and self.n_gpu_layers != 0 and gpu_offload_supported() is False:

@@ -117,7 +117,23 @@ class _StopStrings:
         return out
 
 
-class LlamaCppLLM(BaseBackend):
+class LlamaCppPlacement:
+    """Where a llama.cpp model runs, shared by the LLM and the embedder: needs `backend`,
+    `n_gpu_layers`, `llm` (the Llama, once loaded), `_offload`, `model_path`, `endpoint_override`."""
+
+    @property
+    def device(self) -> str:
+        if self.backend != "cuda" or self.n_gpu_layers == 0:
+            return "cpu"
+        offload = self._offload if self.llm is not None else gpu_offload_supported()
+        return "cuda" if offload else "cpu"
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoint_override or f"inproc:llama_cpp:{self.model_path}@{self.device}"
+
+
+class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
     """LanguageModel on ``llama_cpp.Llama``. Attributes after load: ``is_harmony``, ``n_ctx``,
     ``template``, ``metadata``, ``last_stats`` (prompt/completion tokens, trimmed messages,
     finish reason, time to first token of the last generation)."""
@@ -227,17 +243,6 @@ class LlamaCppLLM(BaseBackend):
                 raise BackendUnavailable("llama.cpp probe generated no token")
         finally:
             self._gen_lock.release()
-
-    @property
-    def device(self) -> str:
-        if self.backend != "cuda" or self.n_gpu_layers == 0:
-            return "cpu"
-        offload = self._offload if self.llm is not None else gpu_offload_supported()
-        return "cuda" if offload else "cpu"
-
-    @property
-    def endpoint(self) -> str:
-        return self.endpoint_override or f"inproc:llama_cpp:{self.model_path}@{self.device}"
 
     def warnings(self) -> list[str]:
         out = []

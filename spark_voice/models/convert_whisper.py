@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path
+from .tiny_gptoss import bytes_to_unicode
 
 __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
@@ -147,16 +148,7 @@ def _sinusoids(length: int, channels: int) -> np.ndarray:
 
 def _byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode (BPE vocab strings -> raw bytes)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def _read_vocab(src: Path) -> list[bytes]:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import fsutil
 from ..errors import ConfigError, ModelNotFound
 from .inspect import TTS_REQUIRED_FILES, ModelInfo, describe, validate
 
@@ -165,36 +165,10 @@ def previous_values(settings, role: str) -> list[str | None]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path atomically: temp file in the same folder, fsync, rename, fsync the folder.
-    Keeps the permissions of an existing file (an .env may hold an API key)."""
+    """Write text atomically, keeping the permissions of an existing file (an .env may hold an API
+    key); a new file gets 0600."""
     path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    fsutil.atomic_write_text(path, text, mode=None if path.exists() else 0o600)
 
 
 def _render(lines: list[str]) -> str:

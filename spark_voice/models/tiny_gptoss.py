@@ -68,7 +68,7 @@ _MERGE_WORDS: list[str] = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 byte -> printable unicode char table (same as tiktoken / HF)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
         + list(range(ord("®"), ord("ÿ") + 1))
@@ -83,7 +83,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _build_vocab() -> tuple[list[str], list[int], list[str], dict[str, int]]:
-    byte_tokens = list(_bytes_to_unicode().values())  # order: "!" '"' ... like o200k
+    byte_tokens = list(bytes_to_unicode().values())  # order: "!" '"' ... like o200k
     tokens: list[str] = list(byte_tokens)
     seen = set(tokens)
     merges: list[str] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -59,15 +58,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m spark_voice.ingest` (same options as `spark-voice ingest`)."""
-    from ..cli import common
-    from ..errors import SparkVoiceError
+    from ..cli import common, dispatch
 
     parser = configure(common(argparse.ArgumentParser(prog="python -m spark_voice.ingest", description=HELP)))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SparkVoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)

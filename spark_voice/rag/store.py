@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependency, RagIndexError
+from ..fsutil import fsync_dir
 
 log = logging.getLogger("spark_voice.rag")
 
@@ -254,19 +255,6 @@ class IndexLock:
         self.release()
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class IndexStore:
     """The files of one index path (see the module docstring)."""
 
@@ -456,10 +444,10 @@ class IndexStore:
         # 1. sidecars of the new stamp
         self._write_file(self.vectors_path(stamp), [vbytes])
         self._write_file(self.meta_path(stamp), [meta_bytes])
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         # 2. the commit point
         self._write_file(self.path, [memoryview(blob)])
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         # 3. clean up
         self.cleanup(keep={stamp, previous})
         return stamp

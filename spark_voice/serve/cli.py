@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 from pathlib import Path
-import sys
 from typing import Sequence
 
 
@@ -86,16 +85,9 @@ def cmd_serve(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import common
-    from ..errors import SparkVoiceError
+    from ..cli import common, dispatch
 
     p = common(argparse.ArgumentParser(prog="python -m spark_voice.serve", description=__doc__))
     _add_options(p)
     args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SparkVoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return dispatch(args)
