@@ -232,6 +232,24 @@ def test_speech_streams_audio(main_server):
     assert ei.value.code == "unknown_voice" and "mock-en" in ei.value.message
 
 
+def test_speech_opus_is_streamed_page_by_page(tmp_path):
+    """Each sentence's Ogg pages leave while the next sentence is synthesised (not one blob at the end)."""
+    import soundfile as sf
+
+    s = settings_for(tmp_path)
+    pipe = VoicePipeline(None, MockLLM(), MockTTS(chunk_delay=0.25), settings=s, language="en")
+    text = "First sentence here. Second sentence here. Third sentence here. Fourth one too."
+    with Server(create_app(s, pipe, embedder=MockEmbedder())) as srv:
+        srv.wait_ready()
+        with httpx.stream("POST", srv.url + "/v1/audio/speech", timeout=30,
+                          json={"model": "tts-1", "voice": "mock-en", "input": text, "response_format": "opus"}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("audio/ogg")
+            pieces = [p for p in r.iter_raw() if p]
+    assert len(pieces) >= 3 and pieces[0].startswith(b"OggS")
+    data, sr = sf.read(io.BytesIO(b"".join(pieces)))
+    assert sr == 48000 and len(data) / sr > 2.0  # TTS_SAMPLE_RATE 44100 -> Opus encodes at 48 kHz
+
+
 def test_chat_with_retrieval(tmp_path):
     from spark_voice.pipeline import Hit
 

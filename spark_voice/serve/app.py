@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..events import new_request_id
-from .openai_compat import (OPENAI_VOICES, PCM_DEFAULT_RATE, SPEECH_FORMATS, ApiError, SpeechEncoder, api_error,
+from .openai_compat import (OPENAI_VOICES, PCM_DEFAULT_RATE, SPEECH_FORMATS, ApiError, api_error,
                             bad_request, chat_chunk, chat_completion, message_text, transcription_body)
 from .state import ServerState
 
@@ -297,21 +297,22 @@ def create_app(settings: Any = None, pipeline: Any = None, *, embedder: Any = No
         except Exception as exc:
             await agen.aclose()
             raise fail("tts", exc) from None
-        enc = SpeechEncoder(fmt, rate or (PCM_DEFAULT_RATE if fmt == "pcm" else settings.tts_sample_rate))
+        from ..audio.io import StreamEncoder
+
+        # opus: Ogg pages as the audio comes; wav: a streaming header, then frames; pcm: frames;
+        # flac: one piece at the end (libsndfile cannot stream it). Chunks are resampled statefully.
+        enc = StreamEncoder(fmt, rate or (PCM_DEFAULT_RATE if fmt == "pcm" else settings.tts_sample_rate))
         t_first = time.perf_counter()
-        head = enc.start(first) if has_first else b""
 
         async def audio_bytes():
             done = False
             try:
-                if head:
-                    yield head
                 if has_first:
-                    piece = enc.push(first)
+                    piece = enc.add(first)
                     if piece:
                         yield piece
                     async for chunk in agen:
-                        piece = enc.push(chunk)
+                        piece = enc.add(chunk)
                         if piece:
                             yield piece
                 tail = enc.finish() if has_first else b""

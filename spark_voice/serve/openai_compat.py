@@ -3,13 +3,10 @@ chat chunks, and incremental audio encoders for /v1/audio/speech. No FastAPI imp
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any
 
-import numpy as np
 
-from ..backends.base import Audio
 from ..errors import (AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow, Overloaded,
                       RagIndexError, SparkVoiceError, VoiceError)
 
@@ -148,65 +145,4 @@ def message_text(content: Any, i: int) -> str:
                       param=f"messages[{i}].content")
 
 
-# ------------------------------------------------------------------ streamed audio
-def wav_stream_header(rate: int, channels: int = 1) -> bytes:
-    """A 16-bit PCM WAV header for a stream of unknown length (sizes 0xFFFFFFFF; readers go to EOF)."""
-    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
-            + b"data" + struct.pack("<I", 0xFFFFFFFF))
-
-
-class SpeechEncoder:
-    """Turns TTS chunks into the bytes of one HTTP response.
-
-    pcm / wav: streamed chunk by chunk (one soxr stream resamples across chunk borders).
-    opus / flac: the whole answer is encoded once at the end (TODO: stream OGG pages / FLAC frames
-    with audio.io.StreamEncoder once it lands).
-    """
-
-    def __init__(self, fmt: str, out_rate: int | None) -> None:
-        self.fmt, self.out_rate = fmt, out_rate
-        self._resampler = None
-        self._in_rate = 0
-        self._whole: list[Audio] = []
-        self.rate = 0
-
-    def start(self, first: Audio) -> bytes:
-        from ..audio.io import encoded_rate
-
-        self._in_rate = first.sample_rate
-        target = self.out_rate or (PCM_DEFAULT_RATE if self.fmt == "pcm" else first.sample_rate)
-        self.rate = encoded_rate(self.fmt, target)
-        if self.fmt in ("pcm", "wav"):
-            if self.rate != self._in_rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(self._in_rate, self.rate, 1, dtype="float32", quality="HQ")
-            return wav_stream_header(self.rate) if self.fmt == "wav" else b""
-        return b""
-
-    def _pcm(self, samples: np.ndarray) -> bytes:
-        return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-    def push(self, chunk: Audio) -> bytes:
-        if chunk.sample_rate != self._in_rate:  # a router switched engine mid-answer: normalise
-            from ..audio.io import resample
-
-            chunk = resample(chunk, self._in_rate)
-        if self.fmt in ("pcm", "wav"):
-            s = chunk.samples if self._resampler is None else self._resampler.resample_chunk(chunk.samples)
-            return self._pcm(s)
-        self._whole.append(chunk)
-        return b""
-
-    def finish(self) -> bytes:
-        if self.fmt in ("pcm", "wav"):
-            if self._resampler is None:
-                return b""
-            return self._pcm(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        from ..audio.io import encode
-
-        audio = Audio.concat(self._whole, self._in_rate) if self._whole else Audio.empty(self._in_rate or 24000)
-        data, self.rate = encode(audio, self.fmt, self.rate or None)
-        return data
 
