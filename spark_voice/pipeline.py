@@ -253,8 +253,12 @@ class VoicePipeline:
                     raise SparkVoiceError("this pipeline has no speech-to-text backend; pass text=")
                 tr = self._transcribe(audio, sample_rate, streaming_stt, out, cancel)
                 turn.transcript, turn.language = tr.text, tr.language
-            lang = self.language if self.language != "auto" else (turn.language or guess_language(turn.transcript))
-            turn.language = lang
+            if text is not None:  # typed text: its script tells the language, not STT_LANGUAGE
+                turn.language = guess_language(turn.transcript)
+            elif self.language != "auto":
+                turn.language = self.language
+            else:
+                turn.language = turn.language or guess_language(turn.transcript)
             if not turn.transcript:
                 out("turn.done", reason="no speech")
                 return turn
