@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     rag_enabled: OnOffAuto = "auto"
     rag_chunk_chars: int = Field(400, ge=50, le=20_000)
     rag_chunk_overlap: int = Field(80, ge=0, le=10_000)
-    rag_index_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    rag_index_type: Literal["flat", "hnsw", "ivf", "sq8"] = "flat"
     rag_min_score: float = Field(0.2, ge=-1.0, le=1.0)
     rag_threads: int = Field(2, ge=1, le=512)
 

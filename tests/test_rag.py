@@ -241,6 +241,25 @@ def test_ivf_index_trains_with_enough_vectors(tmp_path, mock_settings):
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_sq8_index_is_near_exact_and_rebuilt_on_growth(corpus, index_path, small_settings, tmp_path):
+    from spark_voice.rag.store import build_index, search_index
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index, kind, _, warns = build_index(x, "sq8", 64)
+    assert kind == "sq8" and type(index).__name__ == "IndexScalarQuantizer" and not warns
+    _, ids = search_index(index, x[:50], 1)
+    assert (ids[:, 0] == np.arange(50)).mean() >= 0.95  # each vector finds itself
+    s = ingest(corpus, index_path, MockEmbedder(), small_settings, progress=False, index_type="sq8")
+    assert s.index_type == "sq8"
+    (corpus / "extra.txt").write_text("Parrots can imitate human speech.", encoding="utf-8")
+    s = ingest(corpus, index_path, MockEmbedder(), small_settings, progress=False, index_type="sq8")
+    r = IndexRetriever.open(index_path, MockEmbedder(), small_settings)
+    assert type(r.data.index).__name__ == "IndexScalarQuantizer"
+    assert r.search("parrots imitate speech")[0].source == "extra.txt"
+
+
 def test_other_embedding_model_or_dim_is_refused(corpus, index_path, small_settings):
     ingest(corpus, index_path, MockEmbedder(64), small_settings, progress=False)
     with pytest.raises(RagIndexError, match=r"mock-ngram-64.*dim 64.*mock-ngram-32.*dim 32.*--rebuild"):

@@ -16,7 +16,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true",
                    help="start over: ignore the existing index (also after changing the embedding model)")
     p.add_argument("--batch", type=int, metavar="N", help="texts per embedder call (default 32)")
-    p.add_argument("--index-type", choices=["flat", "hnsw", "ivf"], help="override RAG_INDEX_TYPE")
+    p.add_argument("--index-type", choices=["flat", "hnsw", "ivf", "sq8"], help="override RAG_INDEX_TYPE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)

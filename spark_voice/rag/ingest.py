@@ -270,7 +270,8 @@ def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settin
 
         # the FAISS index: append when only files were added, else rebuild from the vectors
         append = (old is not None and old.index is not None and not index_changed
-                  and len(keep_rows) == len(old.chunks) and old.header.get("index_type") == itype)
+                  and len(keep_rows) == len(old.chunks) and old.header.get("index_type") == itype
+                  and itype != "sq8")  # sq8's quantiser ranges are trained on all the vectors
         if append:
             index, actual, params = old.index, itype, dict(old.header.get("index_params") or {})
             if len(new_vectors):
