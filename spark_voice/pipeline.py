@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
 from .audio.io import AudioInput, load_audio
 from .backends.base import SAMPLE_RATE_STT, Audio, Transcript
-from .errors import Cancelled, SparkVoiceError
+from .errors import Cancelled, SparkVoiceError, VoiceError
 from .events import Event, LatencyRecorder, new_request_id
 from .text import SentenceChunker, guess_language
 
@@ -144,6 +144,10 @@ class VoicePipeline:
         for b in (self.stt if stt else None, self.llm, self.tts if speak else None):
             if b is not None and hasattr(b, "load"):  # plugged-in backends may load themselves
                 b.load()
+        if speak and self.voice and self.tts is not None and hasattr(self.tts, "voices"):
+            names = [v.name for v in self.tts.voices()]
+            if self.voice not in names:  # fail before the turn, not after the LLM has answered
+                raise VoiceError(f"unknown voice {self.voice!r}; available voices: {', '.join(names)}")
         if self.retriever is not None and self.embedder is not None:
             try:
                 self.embedder.load()

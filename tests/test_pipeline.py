@@ -280,3 +280,12 @@ print(spark_voice.VoicePipeline.from_settings().run({str(wav)!r}).transcript)
                        env={"SPARK_VOICE_PROFILE": "mock", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
+
+
+def test_unknown_voice_fails_before_the_turn(mock_settings):
+    llm = MockLLM()
+    p = pipe(mock_settings, llm=llm, voice="nobody")
+    with pytest.raises(VoiceError, match="available voices: mock-en, mock-ja"):
+        p.run(text="hello")
+    assert llm.calls == 0
+    assert p.run(text="hello", speak=False).answer  # text out needs no voice
