@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "spark_voice.serve.cli",
     "spark_voice.bench",
     "spark_voice.doctor",
+    "spark_voice.talk",
 ]
 
 

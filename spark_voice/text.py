@@ -14,6 +14,7 @@ import unicodedata
 SENTENCE_END = set("。！？!?…\n")
 CLAUSE_MARKS = set("、，,;；:：")
 CLOSERS = set("」』）)】\"'”’")
+QUOTE_OPEN, QUOTE_CLOSE = "「『（【“", "」』）】”"  # brackets that can hold whole sentences
 _JA_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f]")
 _ABBREV = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|Prof|St|vs|etc|e\.g|i\.e|No|Jr|Sr)|\b[A-Z])\.$")
 
@@ -46,7 +47,14 @@ class SentenceChunker:
     def _find_cut(self) -> int | None:
         buf = self._buf
         n = len(buf)
+        depth = 0  # inside 「…」 and friends a sentence end does not end the sentence
         for i, ch in enumerate(buf):
+            if ch in QUOTE_OPEN:
+                depth += 1
+            elif ch in QUOTE_CLOSE:
+                depth = max(0, depth - 1)
+            if depth and ch != "\n":
+                continue
             if ch in SENTENCE_END or (ch == "." and self._is_period_end(buf, i)):
                 j = i + 1
                 while j < n and (buf[j] in SENTENCE_END or buf[j] in CLOSERS or buf[j] == "."):

@@ -82,3 +82,15 @@ def test_guess_language_and_markers():
     assert drop_markers("[BLANK_AUDIO]") == ""
     assert drop_markers("hello [BLANK_AUDIO] world (music)") == "hello world"
     assert drop_markers("（音楽）こんにちは") == "こんにちは"
+
+
+@pytest.mark.parametrize("step", [1, 4, 100])
+def test_sentences_inside_quotes_stay_whole(step):
+    text = "「モックの文字起こしです。音声は1.0秒でした。」と聞こえました。これは回答です。"
+    out, _ = stream(text, step)
+    assert out == ["「モックの文字起こしです。音声は1.0秒でした。」と聞こえました。", "これは回答です。"]
+
+
+def test_unclosed_quote_is_cut_by_length():
+    out = chunk_text("「" + "あ" * 300 + "。")
+    assert len(out) >= 2 and all(len(x) <= 220 for x in out)

@@ -91,3 +91,140 @@ def play_stream(chunks: Iterable[Audio], *, device: int | str | None = None) -> 
             stream.stop()
             stream.close()
     return played
+
+
+def input_devices() -> list[dict]:
+    """The input devices PortAudio sees: [{index, name, channels, default_samplerate, default}]."""
+    sd = _sounddevice()
+    try:
+        devices = sd.query_devices()
+        default_in = sd.default.device[0] if sd.default.device is not None else -1
+    except Exception as exc:
+        raise BackendUnavailable(f"cannot list audio devices: {exc}; {INSTALL_HINT}") from None
+    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
+             "default_samplerate": d["default_samplerate"], "default": i == default_in}
+            for i, d in enumerate(devices) if d.get("max_input_channels", 0) > 0]
+
+
+class Microphone:
+    """Mono float32 frames from an input device, `frame_ms` long, at `sample_rate`.
+
+        with Microphone() as mic:
+            for frame in mic.frames(seconds=10):   # Audio objects; stops after `seconds` if given
+                session.feed(frame)
+    """
+
+    def __init__(self, *, sample_rate: int = 16_000, frame_ms: int = 20, device: int | str | None = None) -> None:
+        import queue
+
+        self.sample_rate, self.device = sample_rate, device
+        self.blocksize = int(sample_rate * frame_ms / 1000)
+        self._q: queue.Queue = queue.Queue(maxsize=500)  # 10 s of 20 ms frames; older ones drop
+        self._stream = None
+        self.dropped = 0
+
+    def __enter__(self) -> "Microphone":
+        sd = _sounddevice()
+        try:
+            sd.check_input_settings(device=self.device, channels=1, dtype="float32", samplerate=self.sample_rate)
+            self._stream = sd.InputStream(samplerate=self.sample_rate, channels=1, dtype="float32",
+                                          blocksize=self.blocksize, device=self.device, callback=self._callback)
+            self._stream.start()
+        except SparkVoiceError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"no usable microphone ({exc}); connect one or choose another with "
+                                     f"--input-device; {INSTALL_HINT}") from None
+        return self
+
+    def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread
+        import queue
+
+        try:
+            self._q.put_nowait(np.array(indata[:, 0], dtype=np.float32))
+        except queue.Full:
+            self.dropped += 1
+
+    def frames(self, seconds: float | None = None):
+        import queue
+        import time
+
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            try:
+                yield Audio(self._q.get(timeout=0.5), self.sample_rate)
+            except queue.Empty:
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+
+
+class Speaker:
+    """Plays chunks in order on a background thread; `clear()` drops what is queued (barge-in)."""
+
+    def __init__(self, *, device: int | str | None = None) -> None:
+        import queue
+        import threading
+
+        self.device = device
+        self._q: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._busy = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="speaker", daemon=True)
+        self._sd = _sounddevice()
+        _check_output(self._sd, device)
+        self.error: Exception | None = None
+        self._thread.start()
+
+    @property
+    def speaking(self) -> bool:
+        return self._busy.is_set() or not self._q.empty()
+
+    def play(self, chunk: Audio) -> None:
+        self._q.put(chunk)
+
+    def clear(self) -> None:
+        import queue
+
+        while True:
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run(self) -> None:
+        import queue
+
+        from .io import resample
+
+        stream, rate = None, 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    chunk = self._q.get(timeout=0.1)
+                except queue.Empty:
+                    self._busy.clear()
+                    continue
+                self._busy.set()
+                if stream is None:
+                    rate = chunk.sample_rate
+                    stream = self._sd.OutputStream(samplerate=rate, channels=1, dtype="float32", device=self.device)
+                    stream.start()
+                a = resample(chunk, rate)
+                if len(a.samples):
+                    stream.write(np.ascontiguousarray(a.samples.reshape(-1, 1)))
+        except Exception as exc:  # reported by the caller
+            self.error = exc
+        finally:
+            self._busy.clear()
+            if stream is not None:
+                stream.stop()
+                stream.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
