@@ -7,7 +7,6 @@ import time
 import types
 
 import numpy as np
-import pytest
 
 from conftest import tone
 from spark_voice.cli import main
