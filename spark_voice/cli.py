@@ -50,20 +50,27 @@ def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------------------- run
-def cmd_run(args) -> int:
-    from .audio.io import format_for_path, write_audio
+def pipeline_for(args):
+    """(settings, pipeline) for a command with --profile/--set/--language/--voice; prints warnings."""
     from .pipeline import VoicePipeline
 
     s = _settings(args)
     _setup_logs(args, s)
     pipe = VoicePipeline.from_settings(s)
-    if args.language:
+    if getattr(args, "language", None):
         pipe.language = args.language
-    if args.voice:
+    if getattr(args, "voice", None):
         pipe.voice = args.voice
     for w in pipe.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    return s, pipe
+
+
+# ---------------------------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from .audio.io import format_for_path, write_audio
+
+    s, pipe = pipeline_for(args)
     speak = not args.no_speak and args.output is not None
     if args.text is not None:
         turn = pipe.run(text=args.text, speak=speak, streaming_stt=args.streaming)

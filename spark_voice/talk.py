@@ -34,21 +34,15 @@ def _device(value: str | None):
 
 def cmd_talk(args) -> int:
     from .audio.devices import Microphone, Speaker, input_devices, output_devices
-    from .cli import _settings, _setup_logs
-    from .pipeline import VoicePipeline, VoiceSession
+    from .cli import pipeline_for
+    from .pipeline import VoiceSession
 
     if args.list_devices:
         for kind, devs in (("input", input_devices()), ("output", output_devices())):
             for d in devs:
                 print(f"{kind:<6} {d['index']:>3}  {d['name']}{'  (default)' if d['default'] else ''}")
         return 0
-    s = _settings(args)
-    _setup_logs(args, s)
-    pipe = VoicePipeline.from_settings(s)
-    if args.language:
-        pipe.language = args.language
-    if args.voice:
-        pipe.voice = args.voice
+    _, pipe = pipeline_for(args)
     speaker = Speaker(device=_device(args.output_device))
     lock = threading.Lock()
     quiet_until = [0.0]

@@ -33,17 +33,26 @@ def _sounddevice() -> Any:
     return sd
 
 
-def output_devices() -> list[dict]:
-    """The output devices PortAudio sees: [{index, name, channels, default_samplerate, default}]."""
+def _devices(kind: str) -> list[dict]:
     sd = _sounddevice()
+    slot, key = (0, "max_input_channels") if kind == "input" else (1, "max_output_channels")
     try:
         devices = sd.query_devices()
-        default_out = sd.default.device[1] if sd.default.device is not None else -1
+        default = sd.default.device[slot] if sd.default.device is not None else -1
     except Exception as exc:
         raise BackendUnavailable(f"cannot list audio devices: {exc}; {INSTALL_HINT}") from None
-    return [{"index": i, "name": d["name"], "channels": d["max_output_channels"],
-             "default_samplerate": d["default_samplerate"], "default": i == default_out}
-            for i, d in enumerate(devices) if d.get("max_output_channels", 0) > 0]
+    return [{"index": i, "name": d["name"], "channels": d[key], "default_samplerate": d["default_samplerate"],
+             "default": i == default} for i, d in enumerate(devices) if d.get(key, 0) > 0]
+
+
+def output_devices() -> list[dict]:
+    """The output devices PortAudio sees: [{index, name, channels, default_samplerate, default}]."""
+    return _devices("output")
+
+
+def input_devices() -> list[dict]:
+    """The input devices PortAudio sees: [{index, name, channels, default_samplerate, default}]."""
+    return _devices("input")
 
 
 def _check_output(sd: Any, device: int | str | None) -> None:
@@ -92,18 +101,6 @@ def play_stream(chunks: Iterable[Audio], *, device: int | str | None = None) -> 
             stream.close()
     return played
 
-
-def input_devices() -> list[dict]:
-    """The input devices PortAudio sees: [{index, name, channels, default_samplerate, default}]."""
-    sd = _sounddevice()
-    try:
-        devices = sd.query_devices()
-        default_in = sd.default.device[0] if sd.default.device is not None else -1
-    except Exception as exc:
-        raise BackendUnavailable(f"cannot list audio devices: {exc}; {INSTALL_HINT}") from None
-    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
-             "default_samplerate": d["default_samplerate"], "default": i == default_in}
-            for i, d in enumerate(devices) if d.get("max_input_channels", 0) > 0]
 
 
 class Microphone:
