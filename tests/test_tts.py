@@ -6,13 +6,12 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, need, need_module
+from conftest import ROOT, cer, need, need_module
 from spark_voice import Audio
 from spark_voice.audio.io import resample
 from spark_voice.backends.registry import Fallback, TtsRouter, build
@@ -87,19 +86,6 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def _cer(ref: str, hyp: str) -> float:
-    """Character error rate over the letters (punctuation and spaces ignored)."""
-    def norm(s):
-        return [c for c in unicodedata.normalize("NFKC", s) if c.isalnum()]
-    r, h = norm(ref), norm(hyp)
-    d = list(range(len(h) + 1))
-    for i, rc in enumerate(r, 1):
-        prev, d[0] = d[0], i
-        for j, hc in enumerate(h, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (rc != hc))
-    return d[len(h)] / max(1, len(r))
-
-
 # --------------------------------------------------------------------------- voices
 def test_voice_listing(piper, kokoro):
     pv = piper.voices()
@@ -154,7 +140,7 @@ def test_kokoro_japanese_round_trip(kokoro, whisper):
     audio = Audio.concat(chunks)
     assert 2.0 < audio.duration < 12
     heard = whisper(audio, "ja", "ggml-base.bin")
-    assert _cer(text, heard) <= 0.25, heard
+    assert cer(text, heard) <= 0.25, heard
 
 
 def test_router_routes_by_language(piper, kokoro):
