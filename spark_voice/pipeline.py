@@ -378,9 +378,7 @@ class VoicePipeline:
                 if s is None or cancel.is_set():
                     return
                 try:
-                    lang = guess_language(s) if turn.language in ("ja", "en", "auto", "") else turn.language
-                    if turn.language == "ja" and lang == "en" and not any(c.isalpha() for c in s):
-                        lang = "ja"
+                    lang = _voice_language(s, turn.language)
                     for chunk in self.tts.synthesize(s, voice=self.voice, language=lang, cancel=cancel):
                         if cancel.is_set():
                             return
@@ -428,6 +426,15 @@ class VoicePipeline:
             raise tts_error[0]
         if chunks:
             turn.audio = Audio.concat(chunks)
+
+
+def _voice_language(sentence: str, turn_language: str) -> str:
+    """Which voice speaks a sentence: in a ja/en turn its script decides (an English sentence in a
+    Japanese answer goes to an English voice); a sentence without letters, or a turn in another
+    language, keeps the turn's language."""
+    if turn_language not in ("ja", "en") or not any(c.isalpha() for c in sentence):
+        return turn_language or guess_language(sentence)
+    return guess_language(sentence)
 
 
 class VoiceSession:
