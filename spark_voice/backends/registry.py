@@ -70,19 +70,20 @@ class Fallback(BaseBackend):
             raise ValueError("a fallback needs at least two backends")
         self.role = role
         self.backends = list(backends)
+        self.primary = self.backends[0]  # the configured provider, reported even after a move
         self.fallback_count = 0
         self.last_reason = ""
         self.active = self.backends[0]
         self._count_lock = threading.Lock()
-        self.is_mock = any(getattr(b, "is_mock", False) for b in self.backends[:1])
+        self.is_mock = bool(getattr(self.primary, "is_mock", False))
 
     @property
     def provider(self) -> str:  # type: ignore[override]
-        return self.backends[0].provider
+        return self.primary.provider
 
     @property
     def endpoint(self) -> str:
-        return getattr(self.backends[0], "endpoint", f"inproc:{self.provider}")
+        return getattr(self.primary, "endpoint", f"inproc:{self.provider}")
 
     def _fell_back(self, backend: Any, exc: BaseException, op: str) -> None:
         with self._count_lock:
@@ -196,17 +197,13 @@ class Fallback(BaseBackend):
         return getattr(self.active, name)
 
     def info(self) -> BackendInfo:
-        inf = self.backends[0].info() if self.backends[0] is not self.active else self.active.info()
-        primary = self.backends[0].info()
-        inf.provider, inf.endpoint = primary.provider, primary.endpoint
+        inf = self.primary.info()  # provider, endpoint, device of the configured engine
         inf.fallback_count = self.fallback_count
         inf.loaded, inf.ready = self._loaded, self._ready
         inf.is_mock = getattr(self.active, "is_mock", False)
-        warnings = list(primary.warnings)
         if self.fallback_count:
-            warnings.append(f"{self.role}: fell back {self.fallback_count}x to "
-                            f"{self.active.provider}; last reason: {self.last_reason}")
-        inf.warnings = warnings
+            inf.warnings.append(f"{self.role}: fell back {self.fallback_count}x to "
+                                f"{self.active.provider}; last reason: {self.last_reason}")
         inf.last_error = self.last_reason
         return inf
 
