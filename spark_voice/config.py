@@ -264,11 +264,12 @@ class Settings(BaseSettings):
                 merged[name] = "" if value is None else value
                 sources[name] = source
 
-        files = [root_dir / ".env.default", root_dir / ".env"] if use_dotenv else []
-        default_file, user_file = (files + [None, None])[:2]
-        if default_file is not None and default_file.is_file():
-            take(dotenv_values(default_file), ".env.default", strict=False)
-        user_vals = dict(dotenv_values(user_file)) if user_file is not None and user_file.is_file() else {}
+        def read(name: str) -> dict:
+            path = root_dir / name
+            return dict(dotenv_values(path)) if use_dotenv and path.is_file() else {}
+
+        take(read(".env.default"), ".env.default", strict=False)
+        user_vals = read(".env")
         env_vals = {k: v for k, v in env.items() if k.lower() in fields}
         ovr = {("spark_voice_profile" if k.lower() == "profile" else k.lower()): v for k, v in overrides.items()}
 
