@@ -30,10 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spark_voice.rag.chunking import split_text
-from spark_voice.rag.ingest import ingest
-from spark_voice.rag.retrieve import IndexRetriever
-from spark_voice.rag.store import IndexStore, build_index, search_index, set_threads
+from spark_voice.rag.chunking import split_text  # noqa: E402
+from spark_voice.rag.ingest import ingest  # noqa: E402
+from spark_voice.rag.retrieve import IndexRetriever  # noqa: E402
+from spark_voice.rag.store import IndexStore, build_index, search_index, set_threads  # noqa: E402
 
 
 class FixedEmbedder:

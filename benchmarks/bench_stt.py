@@ -39,9 +39,9 @@ JA_TEXT = "今日はいい天気ですね。明日の会議は午後三時から
 
 def synth(language: str, threads: int):
     """Speech made by this project's TTS voices (Kokoro ja, Piper en) -> Audio."""
-    from spark_voice.backends.base import Audio
     from spark_voice.backends.registry import build
     from spark_voice.config import Settings
+    from spark_voice.types import Audio
 
     s = Settings.load(ROOT, environ={}, profile="dev", TTS_PROVIDER="kokoro,piper", TTS_THREADS=str(threads))
     text = JA_TEXT if language == "ja" else EN_TEXT
@@ -49,7 +49,7 @@ def synth(language: str, threads: int):
 
 
 def bench_batch(stt, samples: np.ndarray, language: str, rounds: int) -> dict:
-    from spark_voice.backends.base import Audio
+    from spark_voice.types import Audio
 
     model = stt._model  # the very same pywhispercpp Model: same context, threads, weights
     audio = Audio(samples, 16000)
@@ -96,7 +96,7 @@ def bench_batch(stt, samples: np.ndarray, language: str, rounds: int) -> dict:
 
 
 def bench_stream(stt, audio, language: str) -> dict:
-    from spark_voice.backends.base import Audio
+    from spark_voice.types import Audio
 
     s = stt.stream(language)
     step = audio.sample_rate // 50

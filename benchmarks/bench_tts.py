@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 TEXTS = {
     "en": "The weather is sunny today. We will walk to the old harbour after lunch. "
           "Please bring a warm jacket, because the wind is strong near the sea.",
-    "ja": "今日は良い天気です。昼ご飯の後で古い港まで歩きましょう。海の近くは風が強いので、暖かい上着を持ってきてください。",
+    "ja": "今日は良い天気です。昼ご飯の後で古い港まで歩きましょう。"
+          "海の近くは風が強いので、暖かい上着を持ってきてください。",
 }
 
 

@@ -35,9 +35,9 @@ LEAD, TAIL = 0.3, 0.8
 def _with_backend(provider: str, voice: str, text: str):
     """(float32 samples, rate) from our backend, or None when it cannot be used here."""
     try:
-        from spark_voice.backends.base import Audio
         from spark_voice.backends.registry import create_backend
         from spark_voice.config import Settings
+        from spark_voice.types import Audio
 
         settings = Settings.load(ROOT, environ={}, profile="dev", TTS_THREADS="2")
         tts = create_backend("tts", provider, settings)

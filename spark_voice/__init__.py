@@ -18,16 +18,25 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from .backends.base import Audio, LlmDelta, Segment, SttEvent, Transcript, Voice  # noqa: E402
 from .config import Settings  # noqa: E402
-from .errors import (AudioError, BackendUnavailable, ConfigError, ContextOverflow, MissingDependency,  # noqa: E402
-                     ModelNotFound, SparkVoiceError, VoiceError)
+from .errors import (  # noqa: E402
+                     AudioError,
+                     BackendUnavailable,
+                     ConfigError,
+                     ContextOverflow,
+                     MissingDependency,
+                     ModelNotFound,
+                     SparkVoiceError,
+                     VoiceError,
+)
 from .events import Event, LatencyRecorder  # noqa: E402
-from .pipeline import Hit, Turn, VoicePipeline, VoiceSession  # noqa: E402
+from .pipeline import Turn, VoicePipeline  # noqa: E402
+from .session import VoiceSession  # noqa: E402
+from .types import ROLES, Audio, Hit, LlmDelta, Role, Segment, Stage, SttEvent, Transcript, Voice  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Audio", "AudioError", "BackendUnavailable", "ConfigError", "ContextOverflow", "Event", "Hit",
-           "LatencyRecorder", "LlmDelta", "MissingDependency", "ModelNotFound", "Segment", "Settings",
+__all__ = ["ROLES", "Audio", "AudioError", "BackendUnavailable", "ConfigError", "ContextOverflow", "Event", "Hit",
+           "LatencyRecorder", "LlmDelta", "MissingDependency", "ModelNotFound", "Role", "Segment", "Settings", "Stage",
            "SparkVoiceError", "SttEvent", "Transcript", "Turn", "Voice", "VoiceError", "VoicePipeline",
            "VoiceSession", "__version__"]

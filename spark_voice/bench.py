@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 
 from .audio.io import atomic_write_bytes, load_audio
-from .backends.base import SAMPLE_RATE_STT, Audio
 from .errors import AudioError, SparkVoiceError
 from .events import METRICS, LatencyRecorder
 from .text import SentenceChunker
+from .types import SAMPLE_RATE_STT, Audio
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 BUNDLED = Path(__file__).resolve().parent.parent / "examples" / "audio"
@@ -94,15 +94,15 @@ def add_parser(subparsers, common) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .cli import _settings, _setup_logs
+    from .cli_common import settings_from_args, setup_logs
 
     given = {s.split("=", 1)[0].strip().upper() for s in (args.set or []) if "=" in s}
     args.set = list(args.set or [])
     for name, value in (("LLM_TEMPERATURE", "0"), ("LLM_SEED", "0")):
         if name not in given:
             args.set.append(f"{name}={value}")
-    s = _settings(args)
-    _setup_logs(args, s)
+    s = settings_from_args(args)
+    setup_logs(args, s)
     if not args.verbose:  # one INFO line per turn would bury the table; the JSON has every turn
         logging.getLogger("spark_voice.pipeline").setLevel(logging.WARNING)
     if args.n < 1:

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Sequence
 
+from .cli_common import common, dispatch, pipeline_for, settings_from_args
+
 # subcommand -> module exposing add_parser(subparsers) (imported only to build the parser)
 SUBCOMMAND_MODULES = [
     "spark_voice.models.cli",
@@ -17,53 +19,6 @@ SUBCOMMAND_MODULES = [
     "spark_voice.doctor",
     "spark_voice.talk",
 ]
-
-
-def _settings(args):
-    from .config import Settings
-
-    over = {}
-    if getattr(args, "profile", None):
-        over["profile"] = args.profile
-    for item in getattr(args, "set", None) or []:
-        if "=" not in item:
-            raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        over[k.strip().upper()] = v
-    return Settings.load(**over)
-
-
-def _setup_logs(args, settings, default: str = "text") -> None:
-    from .logs import setup_logging
-
-    fmt = settings.log_format if settings.log_format != "auto" else default
-    if getattr(args, "json_logs", False):
-        fmt = "json"
-    setup_logging(fmt, "DEBUG" if getattr(args, "verbose", False) else settings.log_level)
-
-
-def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--profile", choices=["prod", "dev", "mock"], help="override SPARK_VOICE_PROFILE")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a setting (repeatable)")
-    p.add_argument("--json-logs", action="store_true", help="JSON log lines on stderr")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
-
-
-def pipeline_for(args):
-    """(settings, pipeline) for a command with --profile/--set/--language/--voice; prints warnings."""
-    from .pipeline import VoicePipeline
-
-    s = _settings(args)
-    _setup_logs(args, s)
-    pipe = VoicePipeline.from_settings(s)
-    if getattr(args, "language", None):
-        pipe.language = args.language
-    if getattr(args, "voice", None):
-        pipe.voice = args.voice
-    for w in pipe.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return s, pipe
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -98,7 +53,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_config(args) -> int:
-    s = _settings(args)
+    s = settings_from_args(args)
     env = s.as_env(mask_secrets=not args.show_secrets)
     if args.json:
         print(json.dumps({k: {"value": v, "source": s.sources.get(k.lower(), "default")} for k, v in env.items()},
@@ -114,7 +69,7 @@ def cmd_config(args) -> int:
 def cmd_voices(args) -> int:
     from .backends.registry import build
 
-    s = _settings(args)
+    s = settings_from_args(args)
     tts = build("tts", s)
     voices = tts.voices()
     if args.json:
@@ -160,19 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         m.add_parser(sub, common)
     return p
-
-
-def dispatch(args) -> int:
-    """Run a parsed command: typed errors become one `error:` line and exit code 2, no traceback."""
-    from .errors import SparkVoiceError
-
-    try:
-        return int(args.func(args) or 0)
-    except SparkVoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .types import PROVIDERS, Role
 
 Profile = Literal["prod", "dev", "mock"]
 Device = Literal["cuda", "cpu"]
@@ -56,10 +57,10 @@ PROFILE_PRESETS: dict[str, dict[str, str]] = {
 }
 
 SECRET_FIELDS = {"serve_api_key"}
-LLM_PROVIDERS = ("llama_cpp", "mock")
-STT_PROVIDERS = ("whisper_cpp", "mock")
-TTS_PROVIDERS = ("fish", "kokoro", "piper", "mock")
-EMBED_PROVIDERS = ("llama_cpp", "mock")
+LLM_PROVIDERS = tuple(PROVIDERS["llm"])
+STT_PROVIDERS = tuple(PROVIDERS["stt"])
+TTS_PROVIDERS = tuple(PROVIDERS["tts"])
+EMBED_PROVIDERS = tuple(PROVIDERS["embedding"])
 
 
 def _provider_list(value: str, accepted: tuple[str, ...], allow_none: bool, allow_list: bool = True) -> str:
@@ -287,7 +288,7 @@ class Settings(BaseSettings):
         take(ovr, "argument", strict=True)
         merged["spark_voice_profile"] = profile
         try:
-            s = cls(**merged, root_dir=root_dir, sources=sources)
+            s = cls(**merged, root_dir=root_dir, sources=sources)  # type: ignore[arg-type]  # strings; validated
         except ValidationError as exc:
             raise ConfigError(_format_validation(exc, sources)) from None
         return s
@@ -322,14 +323,14 @@ class Settings(BaseSettings):
             return self.path(p)
         return self.path(folder) / p
 
-    def providers(self, stage: str) -> tuple[list[str], list[str]]:
-        """(providers, fallbacks) of a stage: llm, stt, tts, embedding."""
+    def providers(self, role: Role) -> tuple[list[str], list[str]]:
+        """(providers, fallbacks) of a role: llm, stt, tts, embedding."""
         prov, fb = {
             "llm": (self.llm_provider, self.llm_fallback),
             "stt": (self.stt_provider, self.stt_fallback),
             "tts": (self.tts_provider, self.tts_fallback),
             "embedding": (self.rag_embedding_provider, self.rag_embedding_fallback),
-        }[stage]
+        }[role]
         return prov.split(","), ([] if fb == "none" else fb.split(","))
 
     def as_env(self, mask_secrets: bool = True) -> dict[str, str]:

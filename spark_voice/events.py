@@ -21,9 +21,18 @@ from typing import Any, Iterable
 
 import numpy as np
 
-STAGES = ("stt.speech_start", "stt.partial", "stt.final", "stt.speech_end", "rag.hits", "llm.token",
-          "llm.analysis", "llm.sentence", "tts.chunk", "turn.done", "error")
+from .types import Stage
+
 METRICS = ("partial", "final", "first_token", "tts_start", "end_to_end")
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    """n, p50, p95 and max (milliseconds in, milliseconds out) of a list of latencies."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return {"n": 0}
+    return {"n": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 3),
+            "p95_ms": round(float(np.percentile(arr, 95)), 3), "max_ms": round(float(arr.max()), 3)}
 
 
 def new_request_id() -> str:
@@ -58,12 +67,12 @@ def turn_latencies(events: Iterable[Event], start: float | None = None) -> dict[
     first: dict[str, float] = {}
     end_of_speech = None
     for e in events:
-        if e.stage == "llm.token" and e.data.get("channel", "final") != "final":
+        if e.stage == Stage.LLM_TOKEN and e.data.get("channel", "final") != "final":
             continue
         first.setdefault(e.stage, e.t)
-        if e.stage == "stt.speech_end":
+        if e.stage == Stage.STT_SPEECH_END:
             end_of_speech = e.t
-        if e.stage == "turn.start":
+        if e.stage == Stage.TURN_START:
             start = e.t
     out: dict[str, float] = {}
     if start is None:
@@ -71,17 +80,17 @@ def turn_latencies(events: Iterable[Event], start: float | None = None) -> dict[
     if start is None:
         return out
     ms = lambda a, b: round((a - b) * 1000.0, 3)  # noqa: E731
-    if "stt.partial" in first:
-        out["partial"] = ms(first["stt.partial"], start)
-    if "stt.final" in first:
-        out["final"] = ms(first["stt.final"], end_of_speech if end_of_speech is not None else start)
-    ref = first.get("stt.final", start)
-    if "llm.token" in first:
-        out["first_token"] = ms(first["llm.token"], ref)
-    if "tts.chunk" in first:
-        out["tts_start"] = ms(first["tts.chunk"], ref)
-    if "turn.done" in first:
-        out["end_to_end"] = ms(first["turn.done"], start)
+    if Stage.STT_PARTIAL in first:
+        out["partial"] = ms(first[Stage.STT_PARTIAL], start)
+    if Stage.STT_FINAL in first:
+        out["final"] = ms(first[Stage.STT_FINAL], end_of_speech if end_of_speech is not None else start)
+    ref = first.get(Stage.STT_FINAL, start)
+    if Stage.LLM_TOKEN in first:
+        out["first_token"] = ms(first[Stage.LLM_TOKEN], ref)
+    if Stage.TTS_CHUNK in first:
+        out["tts_start"] = ms(first[Stage.TTS_CHUNK], ref)
+    if Stage.TURN_DONE in first:
+        out["end_to_end"] = ms(first[Stage.TURN_DONE], start)
     return out
 
 
@@ -113,12 +122,5 @@ class LatencyRecorder:
             vals = [(rid, lat[m]) for rid, lat in turns if m in lat]
             if not vals:
                 continue
-            arr = np.array([v for _, v in vals], dtype=np.float64)
-            out["metrics"][m] = {
-                "n": len(vals),
-                "p50_ms": round(float(np.percentile(arr, 50)), 3),
-                "p95_ms": round(float(np.percentile(arr, 95)), 3),
-                "max_ms": round(float(arr.max()), 3),
-                "request_ids": [rid for rid, _ in vals],
-            }
+            out["metrics"][m] = {**percentiles(v for _, v in vals), "request_ids": [rid for rid, _ in vals]}
         return out

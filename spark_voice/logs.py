@@ -27,7 +27,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
         tail = " ".join(f"{k}={v}" for k, v in extra.items())
-        base = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        base = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
         return f"{base} {tail}".rstrip()
@@ -37,7 +38,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of the record (test runners swap it)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

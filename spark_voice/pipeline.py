@@ -5,7 +5,10 @@ streams tokens into the chunker, a TTS thread speaks each sentence as soon as it
 the first audio comes while the LLM is still writing. Every stage reports through one `emit`
 callback as :class:`~spark_voice.events.Event`; the sync :meth:`VoicePipeline.run` collects them
 into a :class:`Turn`, the async :meth:`VoicePipeline.stream` yields them as they happen, and
-:class:`VoiceSession` drives a live audio stream (microphone, websocket) with barge-in.
+:class:`spark_voice.session.VoiceSession` drives a live audio stream with barge-in.
+
+Length: the turn's stages share its cancel event, its emit and its two threads; one class holds
+them so that the order of events (the contract of every front end) is visible in one place.
 """
 
 from __future__ import annotations
@@ -18,32 +21,36 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
-
 from .audio.io import AudioInput, load_audio
-from .backends.base import SAMPLE_RATE_STT, Audio, Transcript
+from .backends.base import Backend, Embedder, LanguageModel, SpeechToText, TextToSpeech
+from .backends.registry import build
+from .config import Settings
 from .errors import Cancelled, SparkVoiceError, VoiceError
 from .events import Event, LatencyRecorder, new_request_id
+from .prompt import build_messages
 from .text import SentenceChunker, guess_language
+from .types import SAMPLE_RATE_STT, Audio, Hit, Role, Stage, SttEvent, Transcript
 
 log = logging.getLogger("spark_voice.pipeline")
 
 Emit = Callable[[Event], None]
 
 
-@dataclass
-class Hit:
-    """A retrieved chunk."""
+class Out(Protocol):
+    """How a turn's stages report: stage, text, audio, time (default now), data -> the Event sent."""
 
-    text: str
-    source: str
-    score: float
-    chunk_id: int = -1
-    start: int = 0
-    end: int = 0
+    def __call__(self, stage: str, text: str = "", audio: Audio | None = None, t: float | None = None,
+                 **data: Any) -> Event: ...
 
 
 class Retriever(Protocol):
+    """What a voice turn retrieves with (spark_voice.rag.retrieve.IndexRetriever or your own)."""
+
     def search(self, query: str, top_k: int | None = None) -> list[Hit]: ...
+
+    def __len__(self) -> int:
+        """Chunks in the index (shown by /health)."""
+        ...
 
 
 @dataclass
@@ -75,12 +82,11 @@ class VoicePipeline:
     text only.
     """
 
-    def __init__(self, stt: Any = None, llm: Any = None, tts: Any = None, *, retriever: Retriever | None = None,
-                 embedder: Any = None, settings: Any = None, system_prompt: str | None = None,
+    def __init__(self, stt: SpeechToText | None = None, llm: LanguageModel | None = None,
+                 tts: TextToSpeech | None = None, *, retriever: Retriever | None = None,
+                 embedder: Embedder | None = None, settings: Settings | None = None, system_prompt: str | None = None,
                  language: str | None = None, voice: str | None = None, history_turns: int | None = None,
                  top_k: int | None = None, latency_window: int | None = None) -> None:
-        from .config import Settings
-
         self.settings = settings if settings is not None else Settings.load(use_dotenv=False, profile="mock")
         s = self.settings
         self.stt, self.llm, self.tts = stt, llm, tts
@@ -100,11 +106,9 @@ class VoicePipeline:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_settings(cls, settings: Any = None, *, load: bool = False, **overrides: Any) -> "VoicePipeline":
+    def from_settings(cls, settings: Settings | None = None, *, load: bool = False,
+                      **overrides: Any) -> "VoicePipeline":
         """Build every configured backend (lazily loaded unless `load=True`)."""
-        from .backends.registry import build
-        from .config import Settings
-
         s = settings if settings is not None else Settings.load(**overrides)
         stt, llm, tts = build("stt", s), build("llm", s), build("tts", s)
         retriever, embedder, warn = None, None, []
@@ -129,8 +133,9 @@ class VoicePipeline:
             p.load()
         return p
 
-    def backends(self) -> dict[str, Any]:
-        out = {"stt": self.stt, "llm": self.llm, "tts": self.tts, "embedding": self.embedder}
+    def backends(self) -> dict[Role, Backend]:
+        out: dict[Role, Backend | None] = {"stt": self.stt, "llm": self.llm, "tts": self.tts,
+                                           "embedding": self.embedder}
         return {k: v for k, v in out.items() if v is not None}
 
     def load(self, probe: bool = False) -> None:
@@ -188,7 +193,7 @@ class VoicePipeline:
             if on_event is not None:
                 on_event(ev)
 
-        turn = self._turn(emit, audio=audio, text=text, speak=speak, request_id=request_id,
+        turn = self.turn(emit, audio=audio, text=text, speak=speak, request_id=request_id,
                           sample_rate=sample_rate, streaming_stt=streaming_stt)
         turn.events = events
         return turn
@@ -208,7 +213,7 @@ class VoicePipeline:
 
         def work() -> None:
             try:
-                self._turn(emit, audio=audio, text=text, speak=speak, request_id=rid,
+                self.turn(emit, audio=audio, text=text, speak=speak, request_id=rid,
                            sample_rate=sample_rate, streaming_stt=streaming_stt)
             except Exception:
                 pass  # reported as an `error` event
@@ -227,9 +232,14 @@ class VoicePipeline:
             self.cancel(rid)
 
     # ------------------------------------------------------------------ the turn
-    def _turn(self, emit: Emit, *, audio=None, text=None, speak=True, request_id=None,
-              sample_rate=None, streaming_stt=False, start: float | None = None,
-              transcript: Transcript | None = None, prior_events: Sequence[Event] = ()) -> Turn:
+    def turn(self, emit: Emit, *, audio: AudioInput | None = None, text: str | None = None, speak: bool = True,
+             request_id: str | None = None, sample_rate: int | None = None, streaming_stt: bool = False,
+             start: float | None = None, transcript: Transcript | None = None,
+             prior_events: Sequence[Event] = ()) -> Turn:
+        """Run one turn in this thread, reporting each event to `emit` as it happens (what `run`,
+        `stream` and :class:`~spark_voice.session.VoiceSession` are built on). `transcript`: the
+        user's words are already known (a live session's final); `start` and `prior_events`: the
+        turn began earlier (its STT events count for the latencies)."""
         rid = request_id or new_request_id()
         cancel = threading.Event()
         with self._lock:
@@ -238,7 +248,8 @@ class VoicePipeline:
         events: list[Event] = []
         turn = Turn(request_id=rid)
 
-        def out(stage: str, text: str = "", audio: Audio | None = None, t: float | None = None, **data) -> Event:
+        def out(stage: str, text: str = "", audio: Audio | None = None, t: float | None = None,
+                **data: Any) -> Event:
             ev = Event(stage, rid, t if t is not None else time.perf_counter(), text, data, audio)
             events.append(ev)
             emit(ev)
@@ -255,7 +266,7 @@ class VoicePipeline:
                     raise SparkVoiceError("run() needs audio or text")
                 if self.stt is None:
                     raise SparkVoiceError("this pipeline has no speech-to-text backend; pass text=")
-                tr = self._transcribe(audio, sample_rate, streaming_stt, out, cancel)
+                tr = self._transcribe(self.stt, audio, sample_rate, streaming_stt, out, cancel)
                 turn.transcript, turn.language = tr.text, tr.language
             if text is not None:  # typed text: its script tells the language, not STT_LANGUAGE
                 turn.language = guess_language(turn.transcript)
@@ -264,7 +275,7 @@ class VoicePipeline:
             else:
                 turn.language = turn.language or guess_language(turn.transcript)
             if not turn.transcript:
-                out("turn.done", reason="no speech")
+                out(Stage.TURN_DONE, reason="no speech")
                 return turn
             # 2. retrieval
             hits = self._retrieve(turn.transcript, out)
@@ -272,38 +283,39 @@ class VoicePipeline:
             # 3. LLM -> chunker -> TTS
             if self.llm is None:
                 raise SparkVoiceError("this pipeline has no language model backend")
-            self._answer(turn, hits, speak, cancel, out)
+            self._answer(self.llm, turn, hits, speak, cancel, out)
             turn.cancelled = cancel.is_set()
-            out("turn.done", cancelled=turn.cancelled)
+            out(Stage.TURN_DONE, cancelled=turn.cancelled)
             if not turn.cancelled:
                 self._remember(turn.transcript, turn.answer)
         except Cancelled:
             turn.cancelled = True
-            out("turn.done", cancelled=True)
+            out(Stage.TURN_DONE, cancelled=True)
         except Exception as exc:
             turn.error = f"{type(exc).__name__}: {exc}"
             log.error("turn failed", extra={"request_id": rid, "error": turn.error})
             out("error", turn.error, error_type=type(exc).__name__)
-            out("turn.done", error=turn.error)
+            out(Stage.TURN_DONE, error=turn.error)
             raise
         finally:
             with self._lock:
                 self._cancels.pop(rid, None)
             turn.latencies = self.latency.record_events(rid, [*prior_events, *events], start)
-            log.info("turn", extra={"request_id": rid, "stage": "turn.done", "latency_ms": turn.latencies,
+            log.info("turn", extra={"request_id": rid, "stage": Stage.TURN_DONE, "latency_ms": turn.latencies,
                                     "transcript": turn.transcript[:200], "answer": turn.answer[:200],
                                     "cancelled": turn.cancelled})
         return turn
 
-    def _transcribe(self, audio, sample_rate, streaming, out, cancel) -> Transcript:
+    def _transcribe(self, stt: SpeechToText, audio: AudioInput, sample_rate: int | None, streaming: bool,
+                    out: Out, cancel: threading.Event) -> Transcript:
         a = load_audio(audio, SAMPLE_RATE_STT, source_rate=sample_rate)
         if not streaming:
-            tr = self.stt.transcribe(a, None if self.language == "auto" else self.language)
-            out("stt.final", tr.text, language=tr.language, audio_s=round(a.duration, 3),
+            tr = stt.transcribe(a, None if self.language == "auto" else self.language)
+            out(Stage.STT_FINAL, tr.text, language=tr.language, audio_s=round(a.duration, 3),
                 segments=[[round(s.start, 2), round(s.end, 2), s.text] for s in tr.segments])
             return tr
         # streaming: feed 20 ms frames through the recogniser, as a live source would
-        stream = self.stt.stream(None if self.language == "auto" else self.language)
+        stream = stt.stream(None if self.language == "auto" else self.language)
         step = SAMPLE_RATE_STT // 50
         finals: list[str] = []
         lang = ""
@@ -322,18 +334,18 @@ class VoicePipeline:
         return Transcript(text, [], lang)
 
     @staticmethod
-    def _stt_event(ev, out, finals: list[str], t_in: float | None = None) -> None:
+    def _stt_event(ev: SttEvent, out: Out, finals: list[str], t_in: float | None = None) -> None:
         # A recogniser returns speech_end and the final from the same feed() call, after decoding:
         # stamp speech boundaries with the time their audio arrived, texts when they are ready,
         # so that the `final` latency (speech_end -> stt.final) includes the final decode.
         if ev.kind == "final":
             finals.append(ev.text)
-            out("stt.final", ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
+            out(Stage.STT_FINAL, ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
         else:
             t = t_in if ev.kind in ("speech_start", "speech_end") else None
             out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3))
 
-    def _retrieve(self, query: str, out) -> list[Hit]:
+    def _retrieve(self, query: str, out: Out) -> list[Hit]:
         if self.retriever is None:
             return []
         t0 = time.perf_counter()
@@ -341,20 +353,14 @@ class VoicePipeline:
             hits = self.retriever.search(query, self.top_k)
         except Exception as exc:
             log.warning("retrieval failed; answering without it", extra={"error": str(exc)})
-            out("rag.hits", hits=[], error=str(exc))
+            out(Stage.RAG_HITS, hits=[], error=str(exc))
             return []
-        out("rag.hits", hits=[{"source": h.source, "score": round(float(h.score), 4), "chunk_id": h.chunk_id}
-                              for h in hits], ms=round((time.perf_counter() - t0) * 1000, 3))
+        out(Stage.RAG_HITS, hits=[h.to_dict() for h in hits], ms=round((time.perf_counter() - t0) * 1000, 3))
         return hits
 
     def messages_for(self, user_text: str, hits: Sequence[Hit] = ()) -> list[dict[str, str]]:
-        system = self.system_prompt
-        if hits:
-            ctx = "\n".join(f"[{i + 1}] ({h.source}) {h.text.strip()}" for i, h in enumerate(hits))
-            system = (f"{system}\n\nUse the following context if it helps; cite nothing aloud.\n"
-                      f"Context:\n{ctx}")
-        msgs = [{"role": "system", "content": system}] if system else []
-        return msgs + list(self.history) + [{"role": "user", "content": user_text}]
+        """The prompt of a turn (see :func:`spark_voice.prompt.build_messages`)."""
+        return build_messages(self.system_prompt, user_text, hits=hits, history=self.history)
 
     def _remember(self, user: str, answer: str) -> None:
         if self.history_turns <= 0:
@@ -362,7 +368,8 @@ class VoicePipeline:
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         del self.history[: max(0, len(self.history) - 2 * self.history_turns)]
 
-    def _answer(self, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event, out) -> None:
+    def _answer(self, llm: LanguageModel, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event,
+                out: Out) -> None:
         messages = self.messages_for(turn.transcript, hits)
         chunker = SentenceChunker()
         sentences: queue.Queue[str | None] = queue.Queue()
@@ -370,49 +377,50 @@ class VoicePipeline:
         analysis: list[str] = []
         chunks: list[Audio] = []
         tts_error: list[BaseException] = []
-        emit_analysis = bool(getattr(self.settings, "llm_emit_analysis", False))
+        emit_analysis = bool(self.settings.llm_emit_analysis)
+        tts = self.tts if speak else None
 
-        def speaker() -> None:
+        def speaker(tts: TextToSpeech) -> None:
             while True:
                 s = sentences.get()
                 if s is None or cancel.is_set():
                     return
                 try:
                     lang = _voice_language(s, turn.language)
-                    for chunk in self.tts.synthesize(s, voice=self.voice, language=lang, cancel=cancel):
+                    for chunk in tts.synthesize(s, voice=self.voice, language=lang, cancel=cancel):
                         if cancel.is_set():
                             return
                         chunks.append(chunk)
-                        out("tts.chunk", s, audio=chunk)
+                        out(Stage.TTS_CHUNK, s, audio=chunk)
                 except Exception as exc:  # reported after the LLM stops
                     tts_error.append(exc)
                     cancel.set()
                     return
 
         tts_thread = None
-        if speak and self.tts is not None:
-            tts_thread = threading.Thread(target=speaker, name=f"tts-{turn.request_id}", daemon=True)
+        if tts is not None:
+            tts_thread = threading.Thread(target=speaker, args=(tts,), name=f"tts-{turn.request_id}", daemon=True)
             tts_thread.start()
 
         def release(parts: Iterable[str]) -> None:
             for sentence in parts:
-                out("llm.sentence", sentence)
+                out(Stage.LLM_SENTENCE, sentence)
                 if tts_thread is not None:
                     sentences.put(sentence)
 
         try:
-            for delta in self.llm.stream_chat(messages, cancel=cancel):
+            for delta in llm.stream_chat(messages, cancel=cancel):
                 if cancel.is_set():
                     break
                 if delta.channel != "final":
                     analysis.append(delta.text)
                     if emit_analysis:
-                        out("llm.analysis", delta.text, channel=delta.channel)
+                        out(Stage.LLM_ANALYSIS, delta.text, channel=delta.channel)
                     continue
                 if not delta.text:
                     continue
                 answer.append(delta.text)
-                out("llm.token", delta.text, channel="final")
+                out(Stage.LLM_TOKEN, delta.text, channel="final")
                 release(chunker.push(delta.text))
             if not cancel.is_set():
                 release(chunker.flush())
@@ -435,90 +443,3 @@ def _voice_language(sentence: str, turn_language: str) -> str:
     if turn_language not in ("ja", "en") or not any(c.isalpha() for c in sentence):
         return turn_language or guess_language(sentence)
     return guess_language(sentence)
-
-
-class VoiceSession:
-    """A live conversation over a stream of audio frames (microphone, websocket).
-
-    `feed(frame)` pushes audio through the streaming recogniser; each final transcript starts a
-    turn in the background; speech that starts while the assistant is answering cancels that turn
-    (barge-in). Events go to `emit` (called from worker threads).
-    """
-
-    def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
-                 request_id_factory: Callable[[], str] = new_request_id) -> None:
-        if pipeline.stt is None:
-            raise SparkVoiceError("a voice session needs a speech-to-text backend")
-        self.pipeline, self.emit, self.speak = pipeline, emit, speak
-        pipeline.load()
-        lang = pipeline.language
-        self._stream = pipeline.stt.stream(None if lang == "auto" else lang)
-        self._new_id = request_id_factory
-        self._rid = request_id_factory()
-        self._turn_start: float | None = None
-        self._events: list[Event] = []
-        self._worker: threading.Thread | None = None
-        self._active_rid: str | None = None
-        self._lock = threading.Lock()
-        self.turns: list[Turn] = []
-
-    @property
-    def speaking(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
-
-    def feed(self, frame: Audio) -> None:
-        t_in = time.perf_counter()
-        if self._turn_start is None:
-            self._turn_start = t_in
-        for ev in self._stream.feed(frame):
-            self._on_stt(ev, t_in)
-
-    def flush(self) -> None:
-        t_in = time.perf_counter()
-        for ev in self._stream.flush():
-            self._on_stt(ev, t_in)
-
-    def _on_stt(self, ev, t_in: float | None = None) -> None:
-        now = time.perf_counter()
-        # speech boundaries: when their audio arrived (see VoicePipeline._stt_event); texts: now
-        at = t_in if t_in is not None and ev.kind in ("speech_start", "speech_end") else now
-        if ev.kind == "speech_start":
-            if self.speaking and self._active_rid:
-                self.pipeline.cancel(self._active_rid)  # barge-in
-                self.emit(Event("turn.barge_in", self._active_rid, now, data={"by": self._rid}))
-            self._turn_start = at
-        e = Event(f"stt.{ev.kind}", self._rid, at, ev.text,
-                  {"language": ev.language, "audio_time": round(ev.audio_time, 3)})
-        self._events.append(e)
-        self.emit(e)
-        if ev.kind == "final":
-            self._start_turn(ev)
-
-    def _start_turn(self, ev) -> None:
-        rid, start, stt_events = self._rid, self._turn_start, list(self._events)
-        self._rid, self._events, self._turn_start = self._new_id(), [], None
-        if self._worker is not None and self._worker.is_alive():
-            self.pipeline.cancel(self._active_rid)
-            self._worker.join()
-        transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
-
-        def work() -> None:
-            try:
-                turn = self.pipeline._turn(self.emit, transcript=transcript, speak=self.speak,
-                                           request_id=rid, start=start, prior_events=stt_events)
-                self.turns.append(turn)
-            except Exception:
-                pass  # already reported as an `error` event
-
-        self._active_rid = rid
-        self._worker = threading.Thread(target=work, name=f"session-turn-{rid}", daemon=True)
-        self._worker.start()
-
-    def wait(self, timeout: float | None = None) -> None:
-        if self._worker is not None:
-            self._worker.join(timeout)
-
-    def close(self) -> None:
-        if self._active_rid:
-            self.pipeline.cancel(self._active_rid)
-        self.wait(5.0)

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+from .types import Stage
+
 
 def add_parser(sub, common) -> None:
     p = common(sub.add_parser("talk", help="live conversation: microphone -> assistant -> speakers"))
@@ -34,8 +36,8 @@ def _device(value: str | None):
 
 def cmd_talk(args) -> int:
     from .audio.devices import Microphone, Speaker, input_devices, output_devices
-    from .cli import pipeline_for
-    from .pipeline import VoiceSession
+    from .cli_common import pipeline_for
+    from .session import VoiceSession
 
     if args.list_devices:
         for kind, devs in (("input", input_devices()), ("output", output_devices())):
@@ -53,16 +55,16 @@ def cmd_talk(args) -> int:
             sys.stdout.flush()
 
     def emit(ev) -> None:
-        if ev.stage == "stt.partial":
+        if ev.stage == Stage.STT_PARTIAL:
             show(f"… {ev.text}", partial=True)
-        elif ev.stage == "stt.final":
+        elif ev.stage == Stage.STT_FINAL:
             show(f"you: {ev.text}")
-        elif ev.stage == "llm.sentence":
+        elif ev.stage == Stage.LLM_SENTENCE:
             show(f"assistant: {ev.text}")
-        elif ev.stage == "tts.chunk" and ev.audio is not None:
+        elif ev.stage == Stage.TTS_CHUNK and ev.audio is not None:
             speaker.play(ev.audio)
             quiet_until[0] = time.monotonic() + ev.audio.duration + 0.3
-        elif ev.stage == "turn.barge_in":
+        elif ev.stage == Stage.TURN_BARGE_IN:
             speaker.clear()
         elif ev.stage == "error":
             show(f"error: {ev.text}")

@@ -9,7 +9,6 @@ enough, never producing chunks shorter than `min_chars` (short pieces wait for t
 from __future__ import annotations
 
 import re
-import unicodedata
 
 SENTENCE_END = set("。！？!?…\n")
 CLAUSE_MARKS = set("、，,;；:：")
@@ -94,10 +93,6 @@ def chunk_text(text: str, **kw) -> list[str]:
 def guess_language(text: str) -> str:
     """'ja' when the text has kana/kanji, else 'en' (a cheap router for TTS voices)."""
     return "ja" if _JA_RE.search(text or "") else "en"
-
-
-def normalize_spaces(text: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
 
 
 # Whisper writes sounds it hears as a whole bracketed note: [BLANK_AUDIO], [Music], (phone ringing),

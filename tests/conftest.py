@@ -86,9 +86,9 @@ JA_TEXT = "今日はいい天気ですね。明日の会議は午後三時から
 def synthesize(text: str, language: str, threads: int = 1):
     """Speech of `text` by the project's own CPU voices (Piper en, Kokoro ja) as one Audio."""
     need_module("onnxruntime", "tts")
-    from spark_voice.backends.base import Audio
     from spark_voice.backends.registry import build
     from spark_voice.config import Settings
+    from spark_voice.types import Audio
 
     s = Settings.load(ROOT, environ={}, profile="dev", TTS_PROVIDER="kokoro,piper", TTS_THREADS=str(threads))
     tts = build("tts", s)
@@ -135,3 +135,63 @@ def norm_ja(text: str) -> str:
 def cer(ref: str, hyp: str) -> float:
     r = norm_ja(ref)
     return _edit_distance(r, norm_ja(hyp)) / max(1, len(r))
+
+
+# ------------------------------------------------------------------ the turn harness
+# In the spirit of pipecat's run_test: feed a turn (pipeline, session or websocket), then assert the
+# event stages it produced in order. `expect` is a subsequence of the stages' first occurrences.
+def stages_of(events) -> list[str]:
+    """Stage names of pipeline Events, or `type`s of websocket event dicts."""
+    return [e["type"] if isinstance(e, dict) else e.stage for e in events]
+
+
+def assert_stages(events, expect, *, first=None, last=None) -> list[str]:
+    """The first occurrences of `expect` come in this order; optionally the first/last stage."""
+    stages = stages_of(events)
+    missing = [s for s in expect if s not in stages]
+    assert not missing, f"stages {missing} missing from {stages}"
+    where = [stages.index(s) for s in expect]
+    assert where == sorted(where), f"stages out of order: expected {list(expect)}, got {stages}"
+    if first is not None:
+        assert stages[0] == first, f"first stage {stages[0]!r}, expected {first!r}"
+    if last is not None:
+        assert stages[-1] == last, f"last stage {stages[-1]!r}, expected {last!r}"
+    return stages
+
+
+def run_turn(pipe, audio=None, *, expect=(), **kw):
+    """One `VoicePipeline.run` turn whose events must contain `expect` in order and end in turn.done."""
+    from spark_voice import Stage
+
+    turn = pipe.run(audio, **kw)
+    assert_stages(turn.events, expect, last=Stage.TURN_DONE)
+    return turn
+
+
+class EventLog(list):
+    """Collects events from worker threads (VoiceSession's emit) and waits for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self._cond = threading.Condition()
+
+    def __call__(self, ev) -> None:
+        with self._cond:
+            self.append(ev)
+            self._cond.notify_all()
+
+    def wait_for(self, pred, timeout: float = 10.0):
+        """The first event matching `pred`, waiting up to `timeout` s (a hang guard, not a timing assert)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hit = next((e for e in self if pred(e)), None)
+                if hit is not None:
+                    return hit
+                left = deadline - time.monotonic()
+                assert left > 0, f"no matching event within {timeout} s; got {stages_of(self)}"
+                self._cond.wait(left)

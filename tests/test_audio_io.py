@@ -13,8 +13,7 @@ import soundfile as sf
 
 from conftest import ROOT, need
 from spark_voice import Audio
-from spark_voice.audio.io import (MEDIA_TYPES, StreamEncoder, encode, encoded_rate, load_audio, resample,
-                                  write_audio)
+from spark_voice.audio.io import MEDIA_TYPES, StreamEncoder, encode, encoded_rate, load_audio, resample, write_audio
 from spark_voice.errors import AudioError, BackendUnavailable, MissingDependency
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import EXAMPLES, need, need_module, tone
 
+from conftest import EXAMPLES, need, need_module, tone
 from spark_voice.cli import main
 
 RESULT_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-z]+(-\d+)?$")
@@ -133,7 +133,7 @@ def test_bench_dev_profile_small_real_models(tmp_path, capsys, dev_settings):
 
 def test_paced_stream_holds_frames_to_real_time_until_the_final(monkeypatch):
     from spark_voice import bench
-    from spark_voice.backends.base import Audio, SttEvent
+    from spark_voice.types import Audio, SttEvent
 
     class Inner:
         def __init__(self):

@@ -15,6 +15,7 @@ import pytest
 from conftest import EN_TEXT, synthesize, wer
 from spark_voice.models.convert_whisper import convert_ct2_whisper, find_ct2_whisper, mel_filters
 
+
 def read_ggml(path):
     """Parse a whisper.cpp ggml file: (hparams, n_tokens, {name: (shape, ttype)})."""
     data = memoryview(open(path, "rb").read())

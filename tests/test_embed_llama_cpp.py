@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import model_file, need, need_module
-
 from spark_voice.backends.embed_llama_cpp import LlamaCppEmbedder
 from spark_voice.errors import ConfigError, MissingDependency, ModelNotFound
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
 from conftest import ROOT, tone
 
 EXAMPLES = ROOT / "examples"

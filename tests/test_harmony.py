@@ -9,9 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from spark_voice.harmony import HarmonyParser, is_harmony_metadata, parse
-
 from conftest import need_module
+from spark_voice.harmony import HarmonyParser, is_harmony_metadata, parse
 
 # ---------------------------------------------------------------------------------------------
 # recorded strings: (generated text after the prompt's "<|start|>assistant", expected deltas,

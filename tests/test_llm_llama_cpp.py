@@ -10,7 +10,6 @@ import time
 import pytest
 
 from conftest import model_file, need_module
-
 from spark_voice.backends.llm_llama_cpp import LlamaCppLLM, _StopStrings
 from spark_voice.errors import ContextOverflow, MissingDependency, ModelNotFound
 

@@ -9,16 +9,17 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, tone
-from spark_voice import Audio, VoicePipeline
+from conftest import ROOT, EventLog, assert_stages, run_turn, tone
+from spark_voice import Audio, Stage, VoicePipeline
 from spark_voice.backends.mock import MockEmbedder, MockLLM, MockSTT, MockTTS
 from spark_voice.backends.registry import Fallback, TtsRouter, build
 from spark_voice.errors import AudioError, BackendUnavailable, SparkVoiceError, VoiceError
-from spark_voice.events import LatencyRecorder, turn_latencies, Event
+from spark_voice.events import Event, LatencyRecorder, turn_latencies
 
 
 def speech(seconds=1.0, pause=0.8, sr=16000):
-    return np.concatenate([np.zeros(int(0.2 * sr), np.float32), tone(seconds, sr), np.zeros(int(pause * sr), np.float32)])
+    gap = lambda s: np.zeros(int(s * sr), np.float32)  # noqa: E731
+    return np.concatenate([gap(0.2), tone(seconds, sr), gap(pause)])
 
 
 def pipe(mock_settings, **kw):
@@ -35,12 +36,10 @@ def test_from_settings_mock_profile(mock_settings):
 
 def test_event_order_and_request_ids(mock_settings):
     p = pipe(mock_settings)
-    turn = p.run(speech(), sample_rate=16000, request_id="req-1")
-    stages = [e.stage for e in turn.events]
+    turn = run_turn(p, speech(), sample_rate=16000, request_id="req-1",
+                    expect=[Stage.STT_FINAL, Stage.LLM_TOKEN, Stage.LLM_SENTENCE, Stage.TTS_CHUNK, Stage.TURN_DONE])
     assert {e.request_id for e in turn.events} == {"req-1"} and turn.request_id == "req-1"
-    assert stages[0] == "stt.final" and stages[-1] == "turn.done"
-    first = {s: stages.index(s) for s in ("stt.final", "llm.token", "llm.sentence", "tts.chunk", "turn.done")}
-    assert first["stt.final"] < first["llm.token"] < first["llm.sentence"] < first["tts.chunk"] < first["turn.done"]
+    assert turn.events[0].stage == Stage.STT_FINAL
     ts = [e.t for e in turn.events]
     assert ts == sorted(ts), "monotonic timestamps"
     assert "".join(e.text for e in turn.events if e.stage == "llm.token").strip() == turn.answer
@@ -49,9 +48,8 @@ def test_event_order_and_request_ids(mock_settings):
 
 def test_streaming_stt_emits_partials_before_final(mock_settings):
     p = pipe(mock_settings, stt=MockSTT(partial_interval=0.2))
-    turn = p.run(speech(1.5), sample_rate=16000, streaming_stt=True)
-    stages = [e.stage for e in turn.events]
-    assert stages.index("stt.speech_start") < stages.index("stt.partial") < stages.index("stt.final")
+    turn = run_turn(p, speech(1.5), sample_rate=16000, streaming_stt=True,
+                    expect=[Stage.STT_SPEECH_START, Stage.STT_PARTIAL, Stage.STT_FINAL])
     assert "partial" in turn.latencies
 
 
@@ -128,7 +126,7 @@ async def test_closing_stream_cancels_turn(mock_settings):
     p = pipe(mock_settings, llm=llm)
     agen = p.stream(text="go", speak=False)
     n = 0
-    async for ev in agen:
+    async for _ev in agen:
         n += 1
         if n == 3:
             break
@@ -236,17 +234,14 @@ def test_turn_latencies_from_events():
 def test_voice_session_barge_in(mock_settings):
     llm = MockLLM(token_delay=0.05, answer="word " * 100)
     p = pipe(mock_settings, llm=llm, stt=MockSTT(partial_interval=0.2, silence=0.3))
-    events = []
-    from spark_voice.pipeline import VoiceSession
+    events = EventLog()
+    from spark_voice.session import VoiceSession
 
-    sess = VoiceSession(p, events.append)
+    sess = VoiceSession(p, events)
     frames = lambda a: [Audio(a[i:i + 320], 16000) for i in range(0, len(a), 320)]  # noqa: E731
     for f in frames(speech(0.6, 0.5)):
         sess.feed(f)
-    deadline = time.time() + 3
-    while not any(e.stage == "llm.token" for e in events) and time.time() < deadline:
-        time.sleep(0.01)
-    first_rid = next(e.request_id for e in events if e.stage == "llm.token")
+    first_rid = events.wait_for(lambda e: e.stage == Stage.LLM_TOKEN).request_id
     for f in frames(speech(0.6, 0.5)):  # the user speaks again while the answer streams
         sess.feed(f)
     sess.flush()
@@ -255,6 +250,8 @@ def test_voice_session_barge_in(mock_settings):
     assert any(e.stage == "turn.barge_in" and e.request_id == first_rid for e in events)
     assert done[0].request_id == first_rid and done[0].data.get("cancelled") is True
     assert len({e.request_id for e in events if e.stage == "stt.final"}) == 2
+    assert_stages([e for e in events if e.request_id == first_rid],
+                  [Stage.STT_FINAL, Stage.LLM_TOKEN, Stage.TURN_BARGE_IN, Stage.TURN_DONE])
 
 
 def test_import_and_mock_profile_without_native_engines(tmp_path):

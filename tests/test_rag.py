@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, model_file, need_module
 
+from conftest import ROOT, model_file, need_module
 from spark_voice.backends.mock import MockEmbedder, MockLLM
 from spark_voice.errors import ConfigError, RagIndexError
 from spark_voice.pipeline import VoicePipeline
@@ -400,7 +400,8 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def _big_corpus(root: Path, variant: int) -> None:
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "river", "mountain", "forest"]
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega",
+             "river", "mountain", "forest"]
     rng = random.Random(variant)
     for i in range(20):
         text = " ".join(f"{rng.choice(words)} {rng.choice(words)} number {i} variant {variant}." for _ in range(40))

@@ -16,22 +16,20 @@ import sys
 import threading
 import time
 
+import httpx
 import numpy as np
+import openai
 import pytest
+import uvicorn
+import websockets
 
-from conftest import ROOT, model_file, need_module, tone
-
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-websockets = pytest.importorskip("websockets")
-
-from spark_voice.backends.mock import MockEmbedder, MockLLM, MockSTT, MockTTS  # noqa: E402
-from spark_voice.backends.registry import Fallback  # noqa: E402
-from spark_voice.config import Settings  # noqa: E402
-from spark_voice.pipeline import VoicePipeline  # noqa: E402
-from spark_voice.serve.app import create_app  # noqa: E402
+from conftest import ROOT, assert_stages, model_file, need_module, tone
+from spark_voice import Stage
+from spark_voice.backends.mock import MockEmbedder, MockLLM, MockSTT, MockTTS
+from spark_voice.backends.registry import Fallback
+from spark_voice.config import Settings
+from spark_voice.pipeline import VoicePipeline
+from spark_voice.serve.app import create_app
 
 KEY = "sk-test-key"
 
@@ -251,7 +249,7 @@ def test_speech_opus_is_streamed_page_by_page(tmp_path):
 
 
 def test_chat_with_retrieval(tmp_path):
-    from spark_voice.pipeline import Hit
+    from spark_voice import Hit
 
     class Notes:
         def search(self, query, top_k=None):
@@ -343,11 +341,8 @@ def test_ws_voice_turn(main_server):
             return await _ws_events(ws, lambda e: e["type"] == "turn.done")
 
     events = asyncio.run(go())
-    kinds = [e["type"] for e in events]
-    assert "session.updated" in kinds
-    for k in ("stt.speech_start", "stt.partial", "stt.final", "llm.token", "llm.sentence", "tts.chunk"):
-        assert k in kinds, (k, kinds)
-    assert kinds.index("stt.partial") < kinds.index("stt.final") < kinds.index("llm.token") < kinds.index("turn.done")
+    assert_stages(events, ["session.updated", Stage.STT_SPEECH_START, Stage.STT_PARTIAL, Stage.STT_FINAL,
+                           Stage.LLM_TOKEN, Stage.LLM_SENTENCE, Stage.TTS_CHUNK, Stage.TURN_DONE])
     final = next(e for e in events if e["type"] == "stt.final")
     rid = final["request_id"]
     turn_events = [e for e in events if e["type"].split(".")[0] in ("stt", "llm", "tts", "turn")]
@@ -563,8 +558,8 @@ def test_real_small_models_through_the_openai_client():
     """SmolLM2 chat, whisper tiny.en transcription and MiniLM embeddings, real engines end to end."""
     need_module("llama_cpp", "llm")
     need_module("pywhispercpp", "stt")
-    from spark_voice.backends.registry import create_backend
     from conftest import speech_wav
+    from spark_voice.backends.registry import create_backend
 
     s = Settings.load(ROOT, environ={}, profile="dev", STT_MODEL="ggml-tiny.en.bin", STT_LANGUAGE="en",
                       LLM_THREADS="2", STT_THREADS="2", EMBEDDING_THREADS="2", RAG_ENABLED="off")

@@ -12,10 +12,10 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EN_TEXT, JA_TEXT, ROOT, cer, need, need_module, norm_ja, synthesize, wer, words
 
-from spark_voice.backends.base import Audio
+from conftest import EN_TEXT, JA_TEXT, ROOT, cer, need, need_module, norm_ja, synthesize, wer, words
 from spark_voice.errors import AudioError, ModelNotFound
+from spark_voice.types import Audio
 
 pytestmark = pytest.mark.real
 
@@ -350,7 +350,8 @@ def test_prepare_stt_skips_present_files(tmp_path):
     from spark_voice.models.prepare_stt import prepare_stt
 
     real = ROOT / "models" / "stt"
-    need((real / "ggml-base.bin").is_file(), "models/stt/ggml-base.bin missing: run `spark-voice models prepare --small`")
+    need((real / "ggml-base.bin").is_file(),
+         "models/stt/ggml-base.bin missing: run `spark-voice models prepare --small`")
     try:
         convert_whisper.find_ct2_whisper("tiny.en")
     except FileNotFoundError as exc:

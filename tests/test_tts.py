@@ -99,7 +99,7 @@ def test_voice_listing(piper, kokoro):
 
 
 def test_pick_voice_rules():
-    from spark_voice.backends.base import Voice
+    from spark_voice.types import Voice
 
     vs = [Voice("a_en", "en"), Voice("b_ja", "ja"), Voice("c_ja", "ja")]
     assert pick_voice(vs, None, None).name == "a_en"

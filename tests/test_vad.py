@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import need, need_module, tone
 
+from conftest import need, need_module, tone
 from spark_voice.errors import MissingDependency, ModelNotFound
 
 SR = 16000

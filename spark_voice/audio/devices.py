@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Audio
 from ..errors import BackendUnavailable, MissingDependency, SparkVoiceError
+from ..types import Audio
 
 INSTALL_HINT = "pip install 'spark-voice[audio]' and, on Debian/Ubuntu, sudo apt-get install libportaudio2"
 
@@ -26,8 +26,9 @@ def _sounddevice() -> Any:
     try:
         import sounddevice as sd
     except ImportError as exc:
-        raise MissingDependency("sounddevice", "audio",
-                                f"{exc}; also needs the PortAudio library: sudo apt-get install libportaudio2") from None
+        raise MissingDependency(
+            "sounddevice", "audio", f"{exc}; also needs the PortAudio library: sudo apt-get install libportaudio2"
+        ) from None
     except OSError as exc:  # the package is there, the PortAudio shared library is not
         raise BackendUnavailable(f"sounddevice cannot load PortAudio ({exc}); {INSTALL_HINT}") from None
     return sd
@@ -117,7 +118,7 @@ class Microphone:
         self.sample_rate, self.device = sample_rate, device
         self.blocksize = int(sample_rate * frame_ms / 1000)
         self._q: queue.Queue = queue.Queue(maxsize=500)  # 10 s of 20 ms frames; older ones drop
-        self._stream = None
+        self._stream: Any = None  # sounddevice.InputStream
         self.dropped = 0
 
     def __enter__(self) -> "Microphone":

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
-from ..backends.base import Audio
-from ..fsutil import atomic_write_bytes  # noqa: F401  (re-exported)
 from ..errors import AudioError
+from ..fsutil import atomic_write_bytes  # noqa: F401  (re-exported)
+from ..types import Audio
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray, Audio]
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -77,11 +77,7 @@ def _decode(fileobj, name: str, size: int) -> Audio:
 
 def resample(audio: Audio, sample_rate: int) -> Audio:
     """soxr high-quality resampling; returns the same object when the rate already matches."""
-    if audio.sample_rate == sample_rate or len(audio.samples) == 0:
-        return audio if audio.sample_rate == sample_rate else Audio(audio.samples, sample_rate)
-    import soxr
-
-    return Audio(soxr.resample(audio.samples, audio.sample_rate, sample_rate, quality="HQ"), sample_rate)
+    return audio.resampled(sample_rate)
 
 
 def encoded_rate(fmt: str, sample_rate: int) -> int:
@@ -222,9 +218,9 @@ class StreamEncoder:
         self.media_type = MEDIA_TYPES[fmt]
         self.frames = 0
         self._header_taken = False
-        self._sink: _ByteSink | None = None
-        self._sf = None
-        self._resampler = None
+        self._sink: Any = None  # _ByteSink once opened
+        self._sf: Any = None  # soundfile.SoundFile
+        self._resampler: Any = None  # soxr.ResampleStream
         self._in_rate = 0
         self._finished = False
 

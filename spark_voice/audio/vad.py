@@ -178,7 +178,7 @@ class SpeechDetector:
                 return "start"
             return None
         self.speech_frames += 1
-        if p < self.neg_threshold:
+        if p < (self.neg_threshold or 0.0):
             self.silent_frames += 1
             if self.silent_frames >= self._min_silence:
                 self.in_speech = False

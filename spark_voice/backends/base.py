@@ -1,4 +1,4 @@
-"""Backend contracts: SpeechToText, LanguageModel, TextToSpeech, Embedder, and their data types.
+"""Backend contracts: SpeechToText, LanguageModel, TextToSpeech, Embedder (data types: spark_voice.types).
 
 Engines are blocking native calls, so the contracts are synchronous (iterators); the pipeline and
 the server run them in worker threads and turn them into async event streams. Cancellation is a
@@ -9,104 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-SAMPLE_RATE_STT = 16_000
-
-
-# --------------------------------------------------------------------------- data types
-@dataclass
-class Audio:
-    """Mono float32 samples in [-1, 1] at `sample_rate` Hz."""
-
-    samples: np.ndarray
-    sample_rate: int
-
-    def __post_init__(self) -> None:
-        a = np.asarray(self.samples)
-        if a.ndim == 2:  # (frames, channels) -> mono
-            a = a.mean(axis=1)
-        if a.dtype == np.int16:
-            a = a.astype(np.float32) / 32768.0
-        self.samples = np.ascontiguousarray(a, dtype=np.float32)
-        self.sample_rate = int(self.sample_rate)
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / self.sample_rate if self.sample_rate else 0.0
-
-    @classmethod
-    def empty(cls, sample_rate: int = SAMPLE_RATE_STT) -> "Audio":
-        return cls(np.zeros(0, dtype=np.float32), sample_rate)
-
-    @classmethod
-    def concat(cls, parts: Sequence["Audio"], sample_rate: int | None = None) -> "Audio":
-        if not parts:
-            return cls.empty(sample_rate or SAMPLE_RATE_STT)
-        sr = sample_rate or parts[0].sample_rate
-        from ..audio.io import resample
-        return cls(np.concatenate([resample(p, sr).samples for p in parts]), sr)
-
-
-@dataclass
-class Segment:
-    start: float  # seconds
-    end: float
-    text: str
-
-
-@dataclass
-class Transcript:
-    text: str
-    segments: list[Segment] = field(default_factory=list)
-    language: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, resample, total ...
-
-
-@dataclass
-class SttEvent:
-    """What a streaming recogniser reports. `audio_time`: seconds of input audio consumed."""
-
-    kind: Literal["speech_start", "partial", "final", "speech_end"]
-    text: str = ""
-    audio_time: float = 0.0
-    language: str = ""
-    segments: list[Segment] = field(default_factory=list)
-
-
-@dataclass
-class LlmDelta:
-    """A piece of generated text. gpt-oss emits channels; other models only `final`."""
-
-    text: str
-    channel: Literal["final", "analysis", "commentary"] = "final"
-
-
-@dataclass
-class Voice:
-    name: str
-    language: str  # primary language code: ja, en, ...
-    provider: str = ""
-    sample_rate: int = 0
-    description: str = ""
-
-
-@dataclass
-class BackendInfo:
-    """What /health reports of a provider."""
-
-    provider: str
-    endpoint: str
-    is_mock: bool = False
-    loaded: bool = False
-    ready: bool = False
-    fallback_count: int = 0
-    last_error: str = ""
-    device: str = "cpu"
-    warnings: list[str] = field(default_factory=list)
+from ..types import SAMPLE_RATE_STT, Audio, BackendInfo, LlmDelta, Role, Segment, SttEvent, Transcript, Voice  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------------- contracts
@@ -148,6 +55,9 @@ class LanguageModel(Backend, Protocol):
                     temperature: float | None = None,
                     cancel: threading.Event | None = None) -> Iterator[LlmDelta]:
         """Stream the answer to OpenAI-style messages; stops promptly when `cancel` is set."""
+
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        """How many tokens `messages` take as a prompt (the engine's template and tokenizer)."""
 
 
 @runtime_checkable

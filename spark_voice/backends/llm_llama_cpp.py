@@ -30,6 +30,9 @@ system message and the last user message are always kept); if even that does not
 
 One ``Llama`` runs one generation at a time: concurrent ``stream_chat`` calls queue on a lock
 that health checks (``info()``, ``warnings()``) never take.
+
+Length: prompt rendering, context fitting and token streaming share the one `Llama` object and its
+lock; keeping them in one engine file is the one-engine-one-file rule of the backends.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import BackendUnavailable, ContextOverflow, MissingDependency, ModelNotFound
 from ..harmony import HarmonyParser, is_harmony_metadata
-from .base import BaseBackend, LlmDelta
+from ..types import LlmDelta
+from .base import BaseBackend
 
 log = logging.getLogger("spark_voice.llm")
 
@@ -268,6 +272,10 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         msgs = [{**m, "content": _content(m.get("content"))} for m in messages]
         kwargs = {"reasoning_effort": self.reasoning_effort} if self.is_harmony else {}
         return self._formatter(messages=msgs, **kwargs).prompt
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """Prompt tokens of `messages` rendered with the model's chat template (for `usage`)."""
+        return len(self.tokenize(self.render(messages)))
 
     def tokenize(self, text: str) -> list[int]:
         self.load()

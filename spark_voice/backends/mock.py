@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import BackendUnavailable, VoiceError
 from ..text import chunk_text, guess_language
-from .base import SAMPLE_RATE_STT, Audio, BaseBackend, LlmDelta, Segment, SttEvent, Transcript, Voice
+from ..types import SAMPLE_RATE_STT, Audio, LlmDelta, Segment, SttEvent, Transcript, Voice
+from .base import BaseBackend
 
 
 class _Mock(BaseBackend):
@@ -158,6 +159,10 @@ class MockLLM(_Mock):
         if guess_language(user) == "ja":
             return f"「{user}」と聞こえました。これはモックの回答です。"
         return f"You said: {user} This is a mock answer."
+
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        """Words stand in for tokens."""
+        return sum(len(str(m.get("content", "")).split()) for m in messages)
 
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
                     temperature: float | None = None,

@@ -9,62 +9,73 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
-from ..errors import (AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow,
-                      SparkVoiceError, VoiceError)
-from .base import Audio, BackendInfo, BaseBackend, Voice
+import numpy as np
+
+from ..errors import AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow, VoiceError
+from ..types import PROVIDERS, Audio, BackendInfo, LlmDelta, Role, Transcript, Voice
+from .base import BaseBackend, SttStream
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger("spark_voice.backends")
 
-# stage -> provider -> "module:Class" (relative to spark_voice.backends)
-PROVIDERS: dict[str, dict[str, str]] = {
-    "llm": {"llama_cpp": "llm_llama_cpp:LlamaCppLLM", "mock": "mock:MockLLM"},
-    "stt": {"whisper_cpp": "stt_whisper_cpp:WhisperCppSTT", "mock": "mock:MockSTT"},
-    "tts": {"fish": "tts_fish:FishTTS", "kokoro": "tts_kokoro:KokoroTTS", "piper": "tts_piper:PiperTTS",
-            "mock": "mock:MockTTS"},
-    "embedding": {"llama_cpp": "embed_llama_cpp:LlamaCppEmbedder", "mock": "mock:MockEmbedder"},
-}
 
 # Errors caused by the input, not by the engine: never a reason to fall back.
 USER_ERRORS = (AudioError, VoiceError, ContextOverflow, Cancelled, ConfigError)
 
 
-def backend_class(stage: str, provider: str) -> type:
+def backend_class(role: Role, provider: str) -> type[Any]:
     try:
-        target = PROVIDERS[stage][provider]
+        target = PROVIDERS[role][provider]
     except KeyError:
-        raise ConfigError(f"unknown {stage} provider {provider!r}; accepted values: "
-                          f"{', '.join(PROVIDERS.get(stage, {}))}") from None
+        raise ConfigError(f"unknown {role} provider {provider!r}; accepted values: "
+                          f"{', '.join(PROVIDERS.get(role, {}))}") from None
     module, cls = target.split(":")
     mod = importlib.import_module(f"{__package__}.{module}")
     return getattr(mod, cls)
 
 
-def create_backend(stage: str, provider: str, settings) -> Any:
-    return backend_class(stage, provider).from_settings(settings)
+def create_backend(role: Role, provider: str, settings: Settings) -> Any:
+    return backend_class(role, provider).from_settings(settings)
 
 
-def build(stage: str, settings) -> Any:
-    """The backend of a stage as configured: provider(s), router for TTS lists, fallback chain."""
-    providers, fallbacks = settings.providers(stage)
+def build(role: Role, settings: Settings) -> Any:
+    """The backend of a role as configured: provider(s), router for TTS lists, fallback chain."""
+    providers, fallbacks = settings.providers(role)
 
     def one(names: Sequence[str]) -> Any:
-        made = [create_backend(stage, n, settings) for n in names]
-        if stage == "tts" and len(made) > 1:
+        made = [create_backend(role, n, settings) for n in names]
+        if role == "tts" and len(made) > 1:
             return TtsRouter(made)
         return made[0]
 
     primary = one(providers)
     if not fallbacks:
         return primary
-    return Fallback(stage, [primary, one(fallbacks)])
+    return Fallback(role, [primary, one(fallbacks)])
 
 
 class Fallback(BaseBackend):
-    """Try each backend in order; count and explain every move to the next one."""
+    """Try each backend in order; count and explain every move to the next one.
 
-    def __init__(self, role: str, backends: Sequence[Any]) -> None:
+    ``Fallback(role, backends)`` returns the subclass that implements the Protocol of that role
+    (:class:`SttFallback`, :class:`LlmFallback`, :class:`TtsFallback`, :class:`EmbedderFallback`);
+    nothing else of the wrapped engines is forwarded.
+    """
+
+    role: Role
+
+    def __new__(cls, role: Role, backends: Sequence[Any]) -> "Fallback":
+        if cls is Fallback:
+            cls = _FALLBACKS[role]
+        return super().__new__(cls)
+
+    def __init__(self, role: Role, backends: Sequence[Any]) -> None:
         super().__init__()
         if len(backends) < 2:
             raise ValueError("a fallback needs at least two backends")
@@ -79,21 +90,18 @@ class Fallback(BaseBackend):
 
     @property
     def provider(self) -> str:  # type: ignore[override]
-        return self.primary.provider
+        return str(self.primary.provider)
 
     @property
     def endpoint(self) -> str:
-        return getattr(self.primary, "endpoint", f"inproc:{self.provider}")
+        return str(getattr(self.primary, "endpoint", f"inproc:{self.provider}"))
 
     def _fell_back(self, backend: Any, exc: BaseException, op: str) -> None:
         with self._count_lock:
             self.fallback_count += 1
             self.last_reason = f"{backend.provider} {op} failed: {type(exc).__name__}: {exc}"
-        log.warning("fallback", extra={"stage": self.role, "reason": self.last_reason,
+        log.warning("fallback", extra={"role": self.role, "reason": self.last_reason,
                                        "fallback_count": self.fallback_count})
-
-    def _candidates(self) -> list[Any]:
-        return self.backends
 
     # -- load / probe: a primary that cannot load is skipped for good (counted once)
     def _load(self) -> None:
@@ -116,7 +124,7 @@ class Fallback(BaseBackend):
     def _probe(self) -> None:
         self._call("probe", lambda b: b.probe())
 
-    def _call(self, op: str, fn: Callable[[Any], Any]) -> Any:
+    def _call(self, op: str, fn: Callable[[Any], T]) -> T:
         self.load()
         last: BaseException | None = None
         for i, b in enumerate(self.backends):
@@ -133,7 +141,7 @@ class Fallback(BaseBackend):
         assert last is not None
         raise last
 
-    def _stream(self, op: str, fn: Callable[[Any], Iterator[Any]]) -> Iterator[Any]:
+    def _stream(self, op: str, fn: Callable[[Any], Iterator[T]]) -> Iterator[T]:
         """Fall back only while nothing was produced yet; a failure mid-stream is raised."""
         self.load()
         for i, b in enumerate(self.backends):
@@ -151,51 +159,6 @@ class Fallback(BaseBackend):
                     raise
                 self._fell_back(b, exc, op)
 
-    # -- the four contracts, forwarded
-    def transcribe(self, audio: Audio, language: str | None = None):
-        return self._call("transcribe", lambda b: b.transcribe(audio, language))
-
-    def stream(self, language: str | None = None):
-        return self._call("stream", lambda b: b.stream(language))
-
-    def stream_chat(self, messages, **kw):
-        return self._stream("stream_chat", lambda b: b.stream_chat(messages, **kw))
-
-    def voices(self) -> list[Voice]:
-        seen, out = set(), []
-        for b in self.backends:
-            try:
-                for v in b.voices():
-                    if v.name not in seen:
-                        seen.add(v.name)
-                        out.append(v)
-            except Exception:
-                continue
-        return out
-
-    def synthesize(self, text: str, **kw):
-        return self._stream("synthesize", lambda b: b.synthesize(text, **kw))
-
-    def embed(self, texts, **kw):
-        return self._call("embed", lambda b: b.embed(texts, **kw))
-
-    @property
-    def model_id(self) -> str:
-        return self.active.model_id
-
-    @property
-    def dim(self) -> int:
-        return self.active.dim
-
-    @property
-    def sample_rate(self) -> int:
-        return getattr(self.active, "sample_rate", 0)
-
-    def __getattr__(self, name: str) -> Any:  # engine-specific extras (is_harmony, n_ctx, ...)
-        if name.startswith("_") or name == "backends":
-            raise AttributeError(name)
-        return getattr(self.active, name)
-
     def info(self) -> BackendInfo:
         inf = self.primary.info()  # provider, endpoint, device of the configured engine
         inf.fallback_count = self.fallback_count
@@ -211,6 +174,68 @@ class Fallback(BaseBackend):
         for b in self.backends:
             b.close()
         super().close()
+
+
+class SttFallback(Fallback):
+    """SpeechToText over a fallback chain."""
+
+    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+        return self._call("transcribe", lambda b: b.transcribe(audio, language))
+
+    def stream(self, language: str | None = None) -> SttStream:
+        return self._call("stream", lambda b: b.stream(language))
+
+
+class LlmFallback(Fallback):
+    """LanguageModel over a fallback chain."""
+
+    def stream_chat(self, messages: list[dict[str, Any]], **kw: Any) -> Iterator[LlmDelta]:
+        return self._stream("stream_chat", lambda b: b.stream_chat(messages, **kw))
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return int(self.active.count_prompt_tokens(messages))
+
+
+class TtsFallback(Fallback):
+    """TextToSpeech over a fallback chain (voices: the union, first engine wins a name)."""
+
+    def voices(self) -> list[Voice]:
+        seen, out = set(), []
+        for b in self.backends:
+            try:
+                for v in b.voices():
+                    if v.name not in seen:
+                        seen.add(v.name)
+                        out.append(v)
+            except Exception:
+                continue
+        return out
+
+    def synthesize(self, text: str, **kw: Any) -> Iterator[Audio]:
+        return self._stream("synthesize", lambda b: b.synthesize(text, **kw))
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.active, "sample_rate", 0))
+
+
+class EmbedderFallback(Fallback):
+    """Embedder over a fallback chain (model_id and dim: the active engine's)."""
+
+    def embed(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        return self._call("embed", lambda b: b.embed(texts, **kw))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.active.model_id)
+
+    @property
+    def dim(self) -> int:
+        return int(self.active.dim)
+
+
+_FALLBACKS: dict[Role, type[Fallback]] = {"stt": SttFallback, "llm": LlmFallback, "tts": TtsFallback,
+                                          "embedding": EmbedderFallback}
 
 
 class TtsRouter(BaseBackend):
@@ -285,6 +310,3 @@ class TtsRouter(BaseBackend):
             b.close()
         super().close()
 
-
-def is_spark_voice_error(exc: BaseException) -> bool:
-    return isinstance(exc, SparkVoiceError)

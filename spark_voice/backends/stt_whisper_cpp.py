@@ -67,7 +67,8 @@ import numpy as np
 
 from ..errors import AudioError, ConfigError, MissingDependency, ModelNotFound
 from ..text import drop_markers
-from .base import SAMPLE_RATE_STT, Audio, BaseBackend, Segment, SttEvent, Transcript
+from ..types import SAMPLE_RATE_STT, Audio, Segment, SttEvent, Transcript
+from .base import BaseBackend
 
 log = logging.getLogger("spark_voice.stt")
 _wlog = logging.getLogger("spark_voice.whisper_cpp")

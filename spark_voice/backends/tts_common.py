@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import VoiceError
-from .base import Audio, Voice
+from ..types import Audio, Voice
 
 # a pause after every sentence chunk, so that consecutive chunks do not run into each other
 CHUNK_PAUSE_S = 0.15

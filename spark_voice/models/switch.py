@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..types import ROLES
 from .. import fsutil
 from ..errors import ConfigError, ModelNotFound
 from .inspect import TTS_REQUIRED_FILES, ModelInfo, describe, validate
 
-ROLES = ("llm", "stt", "embedding", "tts")
 ROLE_VARS = {"llm": "LLM_MODEL", "stt": "STT_MODEL", "embedding": "EMBEDDING_MODEL", "tts": "TTS_MODEL_LOCAL_DIR"}
 MARK = "# spark-voice previous"
 HISTORY_KEEP = 10  # previous values kept per variable

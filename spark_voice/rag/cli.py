@@ -29,12 +29,12 @@ def add_parser(subparsers: Any, common: Callable[[argparse.ArgumentParser], argp
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ..backends.registry import build
-    from ..cli import _settings, _setup_logs
+    from ..cli_common import settings_from_args, setup_logs
     from ..errors import RagIndexError
     from .ingest import ingest
 
-    s = _settings(args)
-    _setup_logs(args, s)
+    s = settings_from_args(args)
+    setup_logs(args, s)
     if args.batch is not None and args.batch < 1:
         raise RagIndexError(f"--batch must be >= 1, got {args.batch}")
     index = s.path(args.index) if args.index else s.path(s.rag_index_path)
@@ -58,7 +58,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m spark_voice.ingest` (same options as `spark-voice ingest`)."""
-    from ..cli import common, dispatch
+    from ..cli_common import common, dispatch
 
     parser = configure(common(argparse.ArgumentParser(prog="python -m spark_voice.ingest", description=HELP)))
     args = parser.parse_args(argv)

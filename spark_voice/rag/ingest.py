@@ -179,11 +179,12 @@ def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settin
                 raise RagIndexError(f"{exc} (or run ingest with --rebuild to start over)") from None
             old.check_embedder(model_id, dim, hint="; run ingest with --rebuild to re-embed everything "
                                                    "with the new model")
-        rechunk = old is not None and (old.header.get("chunk_chars") != size
-                                       or old.header.get("chunk_overlap") != overlap)
+        old_header = old.header if old is not None else {}
+        rechunk = old is not None and (old_header.get("chunk_chars") != size
+                                       or old_header.get("chunk_overlap") != overlap)
         if rechunk:
-            summary.warnings.append(f"chunk size/overlap changed ({old.header.get('chunk_chars')}/"
-                                    f"{old.header.get('chunk_overlap')} -> {size}/{overlap}): "
+            summary.warnings.append(f"chunk size/overlap changed ({old_header.get('chunk_chars')}/"
+                                    f"{old_header.get('chunk_overlap')} -> {size}/{overlap}): "
                                     f"re-embedding every file")
         elif old is not None and old.header.get("document_prefix", doc_prefix) != doc_prefix:
             rechunk = True
@@ -254,13 +255,14 @@ def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settin
         summary.chunks_embedded = len(new_records)
 
         # keep the rows of unchanged files (old order), then the new rows
-        keep_rows = [i for i, c in enumerate(old.chunks) if c["source"] in unchanged] if old is not None else []
-        summary.chunks_removed = (len(old.chunks) - len(keep_rows)) if old is not None else 0
-        records = [old.chunks[i] for i in keep_rows] + new_records
+        old_chunks = old.chunks if old is not None else []
+        keep_rows = [i for i, c in enumerate(old_chunks) if c["source"] in unchanged]
+        summary.chunks_removed = len(old_chunks) - len(keep_rows)
+        records = [old_chunks[i] for i in keep_rows] + new_records
         for i, rec in enumerate(records):
             rec["id"] = i
         records = [{"id": r["id"], **{k: v for k, v in r.items() if k != "id"}} for r in records]
-        if old is not None and keep_rows:
+        if old is not None and old.vectors is not None and keep_rows:
             vectors = np.concatenate([old.vectors[keep_rows], new_vectors]) if len(new_vectors) else \
                 np.ascontiguousarray(old.vectors[keep_rows])
         else:
@@ -269,11 +271,12 @@ def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settin
         files.update(new_files)
 
         # the FAISS index: append when only files were added, else rebuild from the vectors
-        append = (old is not None and old.index is not None and not index_changed
-                  and len(keep_rows) == len(old.chunks) and old.header.get("index_type") == itype
+        old_index = old.index if old is not None else None
+        append = (old_index is not None and not index_changed
+                  and len(keep_rows) == len(old_chunks) and old_header.get("index_type") == itype
                   and itype != "sq8")  # sq8's quantiser ranges are trained on all the vectors
-        if append:
-            index, actual, params = old.index, itype, dict(old.header.get("index_params") or {})
+        if append and old_index is not None:
+            index, actual, params = old_index, itype, dict(old_header.get("index_params") or {})
             if len(new_vectors):
                 index.add(new_vectors)
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RagIndexError
-from ..pipeline import Hit
+from ..types import Hit
 from .store import IndexData, IndexStore, normalize_rows, search_index, set_threads
 
 log = logging.getLogger("spark_voice.rag")

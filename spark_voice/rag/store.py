@@ -39,6 +39,9 @@ builds ``flat`` and warns; ``sq8`` = IndexScalarQuantizer(QT_8bit, METRIC_INNER_
 exhaustive scan of 8-bit codes, a quarter of flat's memory traffic (100k x 384 on one core:
 4.3 ms vs 7.9 ms, recall@3 0.975 on random unit vectors); it is always rebuilt, never appended
 to, since its per-dimension ranges are trained on the vectors. faiss is imported lazily (extra ``rag``).
+
+Length: one file because the commit protocol above (write order, stamps, cleanup, locking, the
+readers' retry) is one invariant; split, each half would have to re-state it.
 """
 
 from __future__ import annotations
@@ -201,7 +204,7 @@ class IndexData:
     def check_embedder(self, model_id: str | None, dim: int | None, hint: str = "") -> None:
         """RagIndexError when the index was built with another embedding model or dimension."""
         bad_model = bool(model_id) and model_id != self.model_id
-        bad_dim = bool(dim) and int(dim) != self.dim
+        bad_dim = dim is not None and dim != 0 and int(dim) != self.dim
         if bad_model or bad_dim:
             raise RagIndexError(
                 f"index {self.path} was built with embedding model {self.model_id!r} (dim {self.dim}), "
@@ -270,7 +273,7 @@ class IndexStore:
         self.path = Path(path)
         self.dir = self.path.parent
         name = re.escape(self.path.name)
-        self._own = re.compile(rf"^{name}\.(?:tmp-\d+-[0-9a-f]+|([0-9a-f]{{{STAMP_LEN}}})\.(?:meta\.jsonl|vectors\.npy))$")
+        self._own = re.compile(rf"^{name}\.(?:tmp-\d+-[0-9a-f]+|([0-9a-f]{{{STAMP_LEN}}})\.(?:meta\.jsonl|vectors\.npy))$")  # noqa: E501
 
     # -- names
     def meta_path(self, stamp: str) -> Path:
@@ -474,7 +477,7 @@ class IndexStore:
 
     def cleanup(self, keep: set[str | None]) -> list[Path]:
         """Delete sidecars of other stamps and stale temp files (only call with the lock held)."""
-        removed = []
+        removed: list[Path] = []
         try:
             names = os.listdir(self.dir)
         except OSError:

@@ -6,7 +6,10 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+
+from ..cli_common import common, dispatch, settings_from_args
+from ..config import Settings
 
 
 def _add_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -18,12 +21,12 @@ def _add_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_parser(subparsers, common) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any, common: Any) -> argparse.ArgumentParser:
     p = common(subparsers.add_parser("serve", help="run the HTTP/websocket server (OpenAI-compatible routes)"))
     return _add_options(p)
 
 
-def _setup_logs(settings, args) -> None:
+def _setup_logs(settings: Settings, args: argparse.Namespace | None) -> None:
     from ..logs import setup_logging
     from .middleware import RequestIdFilter
 
@@ -42,8 +45,8 @@ def _setup_logs(settings, args) -> None:
     logging.getLogger("uvicorn.access").disabled = True  # we log every request with its id
 
 
-def serve(settings=None, *, host: str | None = None, port: int | None = None, reload: bool = False,
-          load: bool = True, args=None) -> int:
+def serve(settings: Settings | None = None, *, host: str | None = None, port: int | None = None,
+          reload: bool = False, load: bool = True, args: argparse.Namespace | None = None) -> int:
     """Run the server until interrupted (blocking)."""
     try:
         import uvicorn
@@ -51,15 +54,14 @@ def serve(settings=None, *, host: str | None = None, port: int | None = None, re
         from ..errors import MissingDependency
 
         raise MissingDependency("uvicorn", "serve") from None
-    from ..config import Settings
-
     s = settings if settings is not None else Settings.load()
     _setup_logs(s, args)
     host = host or s.serve_host
     port = port or s.serve_port
     log = logging.getLogger("spark_voice.serve")
     log.info("listening", extra={"url": f"http://{host}:{port}", "profile": s.profile})
-    common = dict(host=host, port=port, log_config=None, access_log=False, ws_max_size=16 * 1024 * 1024)
+    common: dict[str, Any] = dict(host=host, port=port, log_config=None, access_log=False,
+                                  ws_max_size=16 * 1024 * 1024)
     if reload:
         # the reloader imports the app in a child process: settings travel through the environment
         if args is not None and getattr(args, "profile", None):
@@ -77,16 +79,12 @@ def serve(settings=None, *, host: str | None = None, port: int | None = None, re
     return 0
 
 
-def cmd_serve(args) -> int:
-    from ..cli import _settings
-
-    s = _settings(args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    s = settings_from_args(args)
     return serve(s, host=args.host, port=args.port, reload=args.reload, load=not args.no_load, args=args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli import common, dispatch
-
     p = common(argparse.ArgumentParser(prog="python -m spark_voice.serve", description=__doc__))
     _add_options(p)
     args = p.parse_args(argv)

@@ -18,9 +18,15 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncGenerator, Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
+
+from ..backends.base import SttStream
 from ..errors import Cancelled, Overloaded
+from ..types import Audio, BackendInfo, LlmDelta, SttEvent, Transcript, Voice
+
+T = TypeVar("T")
 
 
 class EngineGate:
@@ -133,37 +139,90 @@ class Ticket:
 
 # ------------------------------------------------------------------------------ proxies
 class Gated:
-    """A backend seen through its gate (used by websocket sessions' pipelines)."""
+    """A backend seen through its engine gate (used by websocket sessions' pipelines).
+
+    ``Gated(backend, gate)`` returns the subclass implementing the Protocol of the gate's role
+    (:class:`GatedStt`, :class:`GatedLlm`, :class:`GatedTts`, :class:`GatedEmbedder`); the engine
+    calls wait for the gate, the bookkeeping calls (load, info, voices ...) go straight through.
+    """
+
+    def __new__(cls, backend: Any, gate: EngineGate) -> "Gated":
+        if cls is Gated:
+            cls = _GATED[gate.name]
+        return super().__new__(cls)
 
     def __init__(self, backend: Any, gate: EngineGate) -> None:
-        self._backend, self._gate = backend, gate
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
+        self.raw, self.gate = backend, gate
 
     @property
-    def raw(self) -> Any:
-        return self._backend
+    def provider(self) -> str:
+        return str(self.raw.provider)
 
-    def transcribe(self, audio, language=None):
-        with self._gate.admit():
-            return self._backend.transcribe(audio, language)
+    @property
+    def is_mock(self) -> bool:
+        return bool(self.raw.is_mock)
 
-    def stream(self, language=None):
-        return _GatedSttStream(self._backend.stream(language), self._gate)
+    def load(self) -> None:
+        self.raw.load()
 
-    def stream_chat(self, messages, **kw) -> Iterator[Any]:
-        return _gated_iter(self._gate, lambda: self._backend.stream_chat(messages, **kw), kw.get("cancel"))
+    def probe(self) -> None:
+        with self.gate.hold(bounded=False):
+            self.raw.probe()
 
-    def synthesize(self, text, **kw) -> Iterator[Any]:
-        return _gated_iter(self._gate, lambda: self._backend.synthesize(text, **kw), kw.get("cancel"))
+    def info(self) -> BackendInfo:
+        return self.raw.info()
 
-    def embed(self, texts, **kw):
-        with self._gate.admit():
-            return self._backend.embed(texts, **kw)
+    def close(self) -> None:
+        """The shared engine outlives a session: nothing to close here."""
 
 
-def _gated_iter(gate: EngineGate, make: Callable[[], Iterator[Any]], cancel) -> Iterator[Any]:
+class GatedStt(Gated):
+    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
+        with self.gate.hold():
+            return self.raw.transcribe(audio, language)
+
+    def stream(self, language: str | None = None) -> "GatedSttStream":
+        return GatedSttStream(self.raw.stream(language), self.gate)
+
+
+class GatedLlm(Gated):
+    def stream_chat(self, messages: list[dict[str, Any]], **kw: Any) -> Iterator[LlmDelta]:
+        return _gated_iter(self.gate, lambda: self.raw.stream_chat(messages, **kw), kw.get("cancel"))
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return int(self.raw.count_prompt_tokens(messages))
+
+
+class GatedTts(Gated):
+    def voices(self) -> list[Voice]:
+        return list(self.raw.voices())
+
+    def synthesize(self, text: str, **kw: Any) -> Iterator[Audio]:
+        return _gated_iter(self.gate, lambda: self.raw.synthesize(text, **kw), kw.get("cancel"))
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.raw, "sample_rate", 0))
+
+
+class GatedEmbedder(Gated):
+    def embed(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        with self.gate.hold():
+            return np.asarray(self.raw.embed(texts, **kw))
+
+    @property
+    def model_id(self) -> str:
+        return str(self.raw.model_id)
+
+    @property
+    def dim(self) -> int:
+        return int(self.raw.dim)
+
+
+_GATED: dict[str, type[Gated]] = {"stt": GatedStt, "llm": GatedLlm, "tts": GatedTts, "embedding": GatedEmbedder}
+
+
+def _gated_iter(gate: EngineGate, make: Callable[[], Iterator[T]], cancel: threading.Event | None) -> Iterator[T]:
     ticket = gate.admit()
     try:
         ticket.acquire(cancel)
@@ -172,22 +231,19 @@ def _gated_iter(gate: EngineGate, make: Callable[[], Iterator[Any]], cancel) -> 
         ticket.release()
 
 
-class _GatedSttStream:
+class GatedSttStream:
     """Live audio is never refused: feed() waits for the engine (unbounded admission)."""
 
-    def __init__(self, stream: Any, gate: EngineGate) -> None:
-        self._stream, self._gate = stream, gate
+    def __init__(self, stream: SttStream, gate: EngineGate) -> None:
+        self.stream, self.gate = stream, gate
 
-    def feed(self, audio):
-        with self._gate.hold(bounded=False):
-            return self._stream.feed(audio)
+    def feed(self, audio: Audio) -> list[SttEvent]:
+        with self.gate.hold(bounded=False):
+            return self.stream.feed(audio)
 
-    def flush(self):
-        with self._gate.hold(bounded=False):
-            return self._stream.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+    def flush(self) -> list[SttEvent]:
+        with self.gate.hold(bounded=False):
+            return self.stream.flush()
 
 
 # ------------------------------------------------------------------------------ threads
@@ -197,7 +253,7 @@ class Runner:
     def __init__(self, max_workers: int) -> None:
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spark-voice-worker")
 
-    async def call(self, fn: Callable[..., Any], *args: Any, cancel: threading.Event | None = None) -> Any:
+    async def call(self, fn: Callable[..., T], *args: Any, cancel: threading.Event | None = None) -> T:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         fut = loop.run_in_executor(self.executor, lambda: ctx.run(fn, *args))
@@ -208,10 +264,10 @@ class Runner:
                 cancel.set()
             raise
 
-    async def gated(self, ticket: Ticket, fn: Callable[..., Any], *args: Any,
-                    cancel: threading.Event | None = None) -> Any:
+    async def gated(self, ticket: Ticket, fn: Callable[..., T], *args: Any,
+                    cancel: threading.Event | None = None) -> T:
         """Run fn(*args) holding an admitted ticket (released in every case)."""
-        def work():
+        def work() -> T:
             try:
                 ticket.acquire(cancel)
                 return fn(*args)
@@ -227,21 +283,18 @@ class Runner:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-_END = object()
-
-
-async def iterate_in_thread(make: Callable[[], Iterator[Any]], ticket: Ticket | None,
-                            cancel: threading.Event, name: str = "stream") -> AsyncIterator[Any]:
+async def iterate_in_thread(make: Callable[[], Iterator[T]], ticket: Ticket | None,
+                            cancel: threading.Event, name: str = "stream") -> AsyncGenerator[T, None]:
     """Drive a blocking iterator in its own thread (holding `ticket`), yield its items here.
 
     Leaving the async iteration early (client gone, aclose) sets `cancel`, which the engines check
     between tokens / chunks; the ticket is released when the thread ends.
     """
     loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue()
+    q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     ctx = contextvars.copy_context()
 
-    def put(item: Any) -> None:
+    def put(item: tuple[str, object]) -> None:
         try:
             loop.call_soon_threadsafe(q.put_nowait, item)
         except RuntimeError:  # loop closed (server shutting down)

@@ -77,19 +77,19 @@ class _StateCollector:
             depth.add_metric([name], gate.waiting)
             active.add_metric([name], gate.active)
             rejected.add_metric([name], gate.rejected)
-        fallbacks = CounterMetricFamily("spark_voice_fallbacks", "Times a provider fell back", labels=["stage"])
+        fallbacks = CounterMetricFamily("spark_voice_fallbacks", "Times a provider fell back", labels=["role"])
         ready = GaugeMetricFamily("spark_voice_provider_ready", "1 when the provider passed its probe",
-                                  labels=["stage", "provider"])
+                                  labels=["role", "provider"])
         mock = GaugeMetricFamily("spark_voice_provider_mock", "1 when the provider is a mock",
-                                 labels=["stage", "provider"])
-        for stage, backend in self.state.backends.items():
+                                 labels=["role", "provider"])
+        for role, backend in self.state.backends.items():
             try:
                 inf = backend.info()
             except Exception:
                 continue
-            fallbacks.add_metric([stage], inf.fallback_count)
-            ready.add_metric([stage, inf.provider], 1.0 if self.state.stage_ready(stage) else 0.0)
-            mock.add_metric([stage, inf.provider], 1.0 if inf.is_mock else 0.0)
+            fallbacks.add_metric([role], inf.fallback_count)
+            ready.add_metric([role, inf.provider], 1.0 if self.state.role_ready(role) else 0.0)
+            mock.add_metric([role, inf.provider], 1.0 if inf.is_mock else 0.0)
         sessions = GaugeMetricFamily("spark_voice_ws_sessions_open", "Open websocket voice sessions")
         sessions.add_metric([], len(self.state.sessions))
         yield from (depth, active, rejected, fallbacks, ready, mock, sessions)

@@ -187,7 +187,7 @@ class BodyLimit:
                 await send_json(send, 413, self._body(), rid, {"Connection": "close"})
         except Exception as exc:
             # frameworks may wrap the error (e.g. "error parsing the body"): look through the chain
-            cause = exc
+            cause: BaseException | None = exc
             while cause is not None and not isinstance(cause, BodyTooLarge):
                 cause = cause.__cause__ or cause.__context__
             if cause is None or started:

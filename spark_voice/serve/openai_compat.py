@@ -6,9 +6,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-from ..errors import (AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow, Overloaded,
-                      RagIndexError, SparkVoiceError, VoiceError)
+from ..errors import (
+    AudioError,
+    BackendUnavailable,
+    Cancelled,
+    ConfigError,
+    ContextOverflow,
+    Overloaded,
+    RagIndexError,
+    SparkVoiceError,
+    VoiceError,
+)
 
 SPEECH_FORMATS = ("opus", "wav", "flac", "pcm")
 PCM_DEFAULT_RATE = 24_000  # what OpenAI clients assume for response_format=pcm
@@ -123,26 +131,3 @@ def chat_completion(cid: str, model: str, content: str, finish: str, usage: dict
          "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}], "usage": usage}
     d.update(extra)
     return d
-
-
-def message_text(content: Any, i: int) -> str:
-    """OpenAI message content (a string or a list of parts) -> text; non-text parts are refused."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                out.append(str(part.get("text", "")))
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise bad_request(f"messages[{i}].content: part type {kind!r} is not supported (text only)",
-                                  param=f"messages[{i}].content")
-        return "".join(out)
-    raise bad_request(f"messages[{i}].content must be a string or a list of text parts",
-                      param=f"messages[{i}].content")
-
-
-

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import SAMPLE_RATE_STT, Audio
 from ..events import Event
+from ..session import VoiceSession
+from ..types import SAMPLE_RATE_STT, Audio, Stage
 from .middleware import bearer_ok, unauthorized_body
 
 log = logging.getLogger("spark_voice.serve.ws")
@@ -68,7 +69,7 @@ class WsVoiceSession:
         self.out_rate: int | None = None
         self.language: str | None = None
         self.voice: str | None = None
-        self.session = None  # VoiceSession, made by the feeder thread on the first start/audio
+        self.session: VoiceSession | None = None  # made by the feeder thread on the first start/audio
         self.started = False
         self._seq = itertools.count()
         self._turns = itertools.count(1)
@@ -100,7 +101,7 @@ class WsVoiceSession:
         d.pop("t", None)
         d["type"] = d.pop("stage")
         audio = None
-        if ev.stage == "tts.chunk" and ev.audio is not None:
+        if ev.stage == Stage.TTS_CHUNK and ev.audio is not None:
             try:
                 audio, rate = self._encode(ev.audio)
             except Exception as exc:  # never kill the turn for one chunk
@@ -129,9 +130,7 @@ class WsVoiceSession:
                 return
 
     # ------------------------------------------------------------------ the recogniser thread
-    def _make_session(self) -> None:
-        from ..pipeline import VoiceSession
-
+    def _make_session(self) -> VoiceSession:
         pipe = self.state.session_pipeline()
         if self.language:
             pipe.language = self.language
@@ -139,6 +138,7 @@ class WsVoiceSession:
             pipe.voice = self.voice or None
         self.session = VoiceSession(pipe, self.emit,
                                     request_id_factory=lambda: f"{self.session_id}-{next(self._turns)}")
+        return self.session
 
     def _feeder(self) -> None:
         while True:
@@ -147,12 +147,11 @@ class WsVoiceSession:
             if kind == "end":
                 return
             try:
-                if self.session is None:
-                    self._make_session()
+                session = self.session or self._make_session()
                 if kind == "audio":
-                    self.session.feed(item[1])
+                    session.feed(item[1])
                 elif kind == "flush":
-                    self.session.flush()
+                    session.flush()
             except Exception as exc:
                 log.warning("voice session error", extra={"request_id": self.session_id, "error": str(exc)})
                 self.error(f"{type(exc).__name__}: {exc}", "session_error")
