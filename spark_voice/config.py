@@ -179,6 +179,11 @@ class Settings(BaseSettings):
     rag_min_score: float = Field(0.2, ge=-1.0, le=1.0)
     rag_threads: int = Field(2, ge=1, le=512)
 
+    tools_builtin: str = ""  # tools
+    tools_timezone: str = "Asia/Tokyo"
+    tools_max_calls: int = Field(4, ge=0, le=64)
+    tools_timeout_s: float = Field(10.0, gt=0, le=3600)
+
     # server
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8080, ge=1, le=65535)
@@ -228,6 +233,13 @@ class Settings(BaseSettings):
         if not (v == "auto" or re.fullmatch(r"[a-z]{2,3}", v)):
             raise ValueError("expected a language code such as ja, en, or auto")
         return v
+
+    @field_validator("tools_builtin", "tools_timezone")
+    @classmethod
+    def _v_tools(cls, v: str, info) -> str:
+        from .tools import check_builtin_setting  # the names and time zones tools know
+
+        return check_builtin_setting(info.field_name, v)
 
     @field_validator("embedding_pooling")
     @classmethod

@@ -48,6 +48,10 @@ class IndexError_(SparkVoiceError, RuntimeError):
 RagIndexError = IndexError_
 
 
+class ToolError(SparkVoiceError, ValueError):
+    """A tool definition or a tool request is invalid (bad name, schema, tool_choice ...)."""
+
+
 class Cancelled(SparkVoiceError):
     """A turn was cancelled (barge-in or caller)."""
 

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
 from .audio.io import AudioInput, load_audio
-from .backends.base import Backend, Embedder, LanguageModel, SpeechToText, TextToSpeech
+from .backends.base import Backend, Embedder, LanguageModel, SpeechToText, TextToSpeech, supports_tools
 from .backends.registry import build
 from .config import Settings
 from .errors import Cancelled, SparkVoiceError, VoiceError
 from .events import Event, LatencyRecorder, new_request_id
 from .prompt import build_messages
 from .text import SentenceChunker, guess_language
+from .tools import Tool, ToolCall, ToolChoice, ToolRegistry, builtin_tools
 from .types import SAMPLE_RATE_STT, Audio, Hit, Role, Stage, SttEvent, Transcript
 
 log = logging.getLogger("spark_voice.pipeline")
@@ -64,6 +65,7 @@ class Turn:
     audio: Audio | None = None
     hits: list[Hit] = field(default_factory=list)
     analysis: str = ""
+    tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments", "result", "ok", "ms"}
     events: list[Event] = field(default_factory=list)
     latencies: dict[str, float] = field(default_factory=dict)  # ms, see events.turn_latencies
     cancelled: bool = False
@@ -86,7 +88,9 @@ class VoicePipeline:
                  tts: TextToSpeech | None = None, *, retriever: Retriever | None = None,
                  embedder: Embedder | None = None, settings: Settings | None = None, system_prompt: str | None = None,
                  language: str | None = None, voice: str | None = None, history_turns: int | None = None,
-                 top_k: int | None = None, latency_window: int | None = None) -> None:
+                 top_k: int | None = None, latency_window: int | None = None,
+                 tools: ToolRegistry | Sequence[Any] | None = None, max_tool_calls: int | None = None,
+                 tool_timeout: float | None = None, tool_choice: ToolChoice = "auto") -> None:
         self.settings = settings if settings is not None else Settings.load(use_dotenv=False, profile="mock")
         s = self.settings
         self.stt, self.llm, self.tts = stt, llm, tts
@@ -103,6 +107,19 @@ class VoicePipeline:
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.warnings: list[str] = []
+        # tools the model may call during a turn (plain functions, Tools, or a ToolRegistry)
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(
+            tools or (), timeout=s.tools_timeout_s, max_calls=s.tools_max_calls)
+        if max_tool_calls is not None:
+            self.tools.max_calls = int(max_tool_calls)
+        if tool_timeout is not None:
+            self.tools.timeout = float(tool_timeout)
+        # the first LLM round of a turn: "auto", "required" or {"type": "function", ...}; later rounds: auto
+        self.tool_choice = tool_choice
+
+    def tool(self, fn: Callable[..., Any] | None = None, **kw: Any) -> Tool | Callable[[Callable[..., Any]], Tool]:
+        """Decorator: ``@pipeline.tool`` registers a function (sync or async) as a tool."""
+        return self.tools(fn, **kw)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -125,7 +142,10 @@ class VoicePipeline:
             elif s.rag_enabled == "on":
                 warn.append(f"rag: index {index} not found; run `spark-voice ingest --source DIR` "
                             "(answering without retrieval)")
-        p = cls(stt, llm, tts, retriever=retriever, embedder=embedder, settings=s)
+        p = cls(stt, llm, tts, retriever=retriever, embedder=embedder, settings=s,
+                tools=builtin_tools(s, retriever))
+        if "search_documents" in s.tools_builtin and "search_documents" not in p.tools:
+            warn.append("tools: search_documents needs a RAG index (RAG_ENABLED and RAG_INDEX_PATH); not offered")
         p.warnings.extend(warn)
         for w in warn:
             log.warning(w)
@@ -408,20 +428,47 @@ class VoicePipeline:
                 if tts_thread is not None:
                     sentences.put(sentence)
 
+        use_tools = bool(self.tools) and supports_tools(llm)
+        specs = self.tools.specs() if use_tools else []
+        calls_made = 0
+        rounds = 0
         try:
-            for delta in llm.stream_chat(messages, cancel=cancel):
+            while True:
+                kw: dict[str, Any] = {}
+                last_round = calls_made >= self.tools.max_calls
+                if use_tools:
+                    kw = {"tools": specs, "tool_choice": "none" if last_round else (
+                        self.tool_choice if rounds == 0 else "auto")}
+                rounds += 1
+                pending: dict[int, list] = {}
+                t_round = time.perf_counter()
+                for delta in llm.stream_chat(messages, cancel=cancel, **kw):
+                    if cancel.is_set():
+                        break
+                    if getattr(delta, "kind", "text") == "tool_call":  # arguments: never spoken
+                        pending.setdefault(delta.index, [delta.tool_name, []])[1].append(delta.text)
+                        continue
+                    if not _is_spoken(delta):
+                        analysis.append(delta.text)
+                        if emit_analysis:
+                            out(Stage.LLM_ANALYSIS, delta.text, channel=delta.channel)
+                        continue
+                    if not delta.text:
+                        continue
+                    answer.append(delta.text)
+                    out(Stage.LLM_TOKEN, delta.text, channel=delta.channel)
+                    release(chunker.push(delta.text))
+                if cancel.is_set() or not pending or last_round:
+                    break
+                release(chunker.flush())  # a preamble ("Let me check.") is spoken while the tool runs
+                if answer and not answer[-1].endswith((" ", "\n")):
+                    answer.append(" ")
+                llm_ms = round((time.perf_counter() - t_round) * 1000, 3)
+                calls = [ToolCall(name, "".join(parts)) for name, parts in pending.values()]
+                messages = self._run_tools(calls, messages, turn, cancel, out, llm_ms)
+                calls_made += len(calls)
                 if cancel.is_set():
                     break
-                if delta.channel != "final":
-                    analysis.append(delta.text)
-                    if emit_analysis:
-                        out(Stage.LLM_ANALYSIS, delta.text, channel=delta.channel)
-                    continue
-                if not delta.text:
-                    continue
-                answer.append(delta.text)
-                out(Stage.LLM_TOKEN, delta.text, channel="final")
-                release(chunker.push(delta.text))
             if not cancel.is_set():
                 release(chunker.flush())
         finally:
@@ -434,6 +481,30 @@ class VoicePipeline:
             raise tts_error[0]
         if chunks:
             turn.audio = Audio.concat(chunks)
+
+
+    def _run_tools(self, calls: list[ToolCall], messages: list[dict], turn: Turn, cancel: threading.Event,
+                   out: Out, llm_ms: float) -> list[dict]:
+        """Run the model's tool calls; the messages with the calls and their results appended."""
+        messages = [*messages, {"role": "assistant", "content": "", "tool_calls": [c.to_openai() for c in calls]}]
+        for call in calls:
+            out(Stage.LLM_TOOL_CALL, call.name, call_id=call.id, name=call.name, arguments=call.arguments,
+                llm_ms=llm_ms)
+            res = self.tools.execute(call, cancel=cancel)
+            out(Stage.TOOL_RESULT, call.name, call_id=call.id, name=call.name, ok=res.ok, error=res.error,
+                ms=res.ms, timed_out=res.timed_out, cancelled=res.cancelled, result=res.content[:1000])
+            turn.tool_calls.append({"id": call.id, "name": call.name, "arguments": call.arguments,
+                                    "result": res.content, "ok": res.ok, "ms": res.ms})
+            if cancel.is_set():
+                break
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": res.content})
+        return messages
+
+def _is_spoken(delta: Any) -> bool:
+    """The final answer, or a preamble gpt-oss writes to the user (commentary, no recipient)."""
+    if getattr(delta, "recipient", ""):
+        return False
+    return delta.channel in ("final", "commentary")
 
 
 def _voice_language(sentence: str, turn_language: str) -> str:

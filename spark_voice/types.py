@@ -45,13 +45,16 @@ class Stage:
     LLM_TOKEN: Final = "llm.token"
     LLM_ANALYSIS: Final = "llm.analysis"
     LLM_SENTENCE: Final = "llm.sentence"
+    LLM_TOOL_CALL: Final = "llm.tool_call"
+    TOOL_RESULT: Final = "tool.result"
     TTS_CHUNK: Final = "tts.chunk"
     TURN_BARGE_IN: Final = "turn.barge_in"
     TURN_DONE: Final = "turn.done"
     ERROR: Final = "error"
 
     ALL: Final = (TURN_START, STT_SPEECH_START, STT_PARTIAL, STT_SPEECH_END, STT_FINAL, RAG_HITS, LLM_TOKEN,
-                  LLM_ANALYSIS, LLM_SENTENCE, TTS_CHUNK, TURN_BARGE_IN, TURN_DONE, ERROR)
+                  LLM_ANALYSIS, LLM_SENTENCE, LLM_TOOL_CALL, TOOL_RESULT, TTS_CHUNK, TURN_BARGE_IN, TURN_DONE,
+                  ERROR)
 
 
 # ----------------------------------------------------------------------------- data types
@@ -125,10 +128,31 @@ class SttEvent:
 
 @dataclass
 class LlmDelta:
-    """A piece of generated text. gpt-oss emits channels; other models only `final`."""
+    """A piece of generated text. gpt-oss emits channels; other models only `final`.
+
+    ``kind``: ``text`` (spoken when the channel is ``final``, or ``commentary`` without a
+    recipient: a preamble) or ``tool_call`` (arguments of a call to ``recipient``, e.g.
+    ``functions.get_weather``; never spoken; ``index`` tells calls apart). Backends that know
+    nothing of tools only ever yield ``text`` deltas.
+    """
 
     text: str
     channel: Literal["final", "analysis", "commentary"] = "final"
+    kind: Literal["text", "tool_call"] = "text"
+    recipient: str = ""
+    content_type: str = ""
+    index: int = 0
+
+    @property
+    def spoken(self) -> bool:
+        """Text meant for the user: the final answer or a preamble (commentary, no recipient)."""
+        return self.kind == "text" and not self.recipient and self.channel in ("final", "commentary")
+
+    @property
+    def tool_name(self) -> str:
+        """The function name of a tool call (``functions.`` prefix removed)."""
+        r = self.recipient
+        return r[len("functions."):] if r.startswith("functions.") else r
 
 
 @dataclass

@@ -54,7 +54,13 @@ class LanguageModel(Backend, Protocol):
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
                     temperature: float | None = None,
                     cancel: threading.Event | None = None) -> Iterator[LlmDelta]:
-        """Stream the answer to OpenAI-style messages; stops promptly when `cancel` is set."""
+        """Stream the answer to OpenAI-style messages; stops promptly when `cancel` is set.
+
+        A model that can call tools also takes ``tools=`` (OpenAI function specs) and
+        ``tool_choice=`` ("auto" | "none" | "required" | {"type": "function", "function":
+        {"name": ...}}) and yields ``tool_call`` deltas (see :func:`supports_tools`); one that
+        takes ``stats=`` (a dict) fills it with the engine's counts: prompt_tokens,
+        completion_tokens, finish_reason (stop | length | tool_calls | cancelled)."""
 
     def count_prompt_tokens(self, messages: list[dict]) -> int:
         """How many tokens `messages` take as a prompt (the engine's template and tokenizer)."""
@@ -76,6 +82,32 @@ class Embedder(Backend, Protocol):
 
     def embed(self, texts: Sequence[str], *, kind: Literal["document", "query"] = "document") -> np.ndarray:
         """(len(texts), dim) float32, rows L2-normalised."""
+
+
+def takes_kwarg(llm: object, name: str) -> bool:
+    """Whether `llm.stream_chat` takes the keyword `name` (a wrapper with ``**kw`` around
+    ``backends`` / ``raw`` takes it when every wrapped backend does)."""
+    import inspect
+
+    try:
+        params = inspect.signature(llm.stream_chat).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    if name in params:
+        return True
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        inner = getattr(llm, "backends", None) or ([llm.raw] if hasattr(llm, "raw") else None)
+        if inner:
+            return all(takes_kwarg(b, name) for b in inner)
+    return False
+
+
+def supports_tools(llm: object) -> bool:
+    """Whether `llm.stream_chat` takes ``tools=`` (an attribute ``supports_tools`` overrides)."""
+    flag = getattr(llm, "supports_tools", None)
+    if isinstance(flag, bool):
+        return flag
+    return takes_kwarg(llm, "tools")
 
 
 # --------------------------------------------------------------------------- helper base class

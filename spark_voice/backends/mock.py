@@ -164,25 +164,73 @@ class MockLLM(_Mock):
         """Words stand in for tokens."""
         return sum(len(str(m.get("content", "")).split()) for m in messages)
 
+    supports_tools = True
+
+    def _tool_call(self, messages: list[dict], tools: list[dict], tool_choice) -> tuple[str, str] | None:
+        """Which tool the mock calls: the named one, else one whose name's words all occur in the
+        user's last message (``current_time`` for "what is the current time"), else under
+        ``required`` the first. Never right after a tool result. Required arguments are filled
+        from the user text (strings), 1 (numbers) or false."""
+        import json
+
+        from ..tools import normalize_tool_choice
+
+        mode, name = normalize_tool_choice(tool_choice, tools)
+        if mode == "none" or not tools or (messages and messages[-1].get("role") == "tool" and mode == "auto"):
+            return None
+        user = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
+        fns = [t.get("function") or {} for t in tools]
+        fn = next((f for f in fns if f.get("name") == name), None) if name else next(
+            (f for f in fns if all(w in user.lower() for w in str(f.get("name", "")).lower().split("_") if w)), None)
+        if fn is None and mode == "required":
+            fn = fns[0]
+        if fn is None:
+            return None
+        params = fn.get("parameters") or {}
+        args = {}
+        for p in params.get("required", []):
+            typ = str((params.get("properties", {}).get(p) or {}).get("type", "string"))
+            args[p] = {"integer": 1, "number": 1, "boolean": False}.get(typ, user)
+        return str(fn.get("name")), json.dumps(args, ensure_ascii=False)
+
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
-                    temperature: float | None = None,
-                    cancel: threading.Event | None = None) -> Iterator[LlmDelta]:
+                    temperature: float | None = None, cancel: threading.Event | None = None,
+                    tools: list[dict] | None = None, tool_choice=None,
+                    stats: dict | None = None) -> Iterator[LlmDelta]:
         self._use()
         self.last_messages = list(messages)
-        pieces = re.findall(r"\S+\s*|\s+", self._answer(messages))
-        if guess_language(self._answer(messages)) == "ja":  # a few characters per token
+        st = stats if stats is not None else {}
+        st.clear()
+        st.update(prompt_tokens=sum(len(str(m.get("content") or "").split()) + 4 for m in messages),
+                  completion_tokens=0, finish_reason="stop")
+        call = self._tool_call(messages, list(tools or []), tool_choice)
+        if call is not None:
+            st["completion_tokens"] = len(call[1].split()) + 3
+            st["finish_reason"] = "tool_calls"
+            yield LlmDelta(call[1], "commentary", kind="tool_call", recipient=f"functions.{call[0]}",
+                           content_type="json")
+            return
+        answer = self._answer(messages)
+        if messages and messages[-1].get("role") == "tool" and self.answer is None:
+            answer = f"The tool said: {str(messages[-1].get('content') or '')[:200]}"
+        pieces = re.findall(r"\S+\s*|\s+", answer)
+        if guess_language(answer) == "ja":  # a few characters per token
             pieces = [p for s in pieces for p in re.findall(r".{1,3}", s, re.S)]
         for i, piece in enumerate(pieces):
             if cancel is not None and cancel.is_set():
+                st["finish_reason"] = "cancelled"
                 return
             if max_tokens is not None and i >= max_tokens:
+                st["finish_reason"] = "length"
                 return
             if self.token_delay:
                 if cancel is not None:
                     if cancel.wait(self.token_delay):
+                        st["finish_reason"] = "cancelled"
                         return
                 else:
                     time.sleep(self.token_delay)
+            st["completion_tokens"] = i + 1
             yield LlmDelta(piece)
 
 

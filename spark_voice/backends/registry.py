@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ..errors import AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow, VoiceError
+from ..errors import AudioError, BackendUnavailable, Cancelled, ConfigError, ContextOverflow, ToolError, VoiceError
 from ..types import PROVIDERS, Audio, BackendInfo, LlmDelta, Role, Transcript, Voice
-from .base import BaseBackend, SttStream
+from .base import BaseBackend, SttStream, supports_tools
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -26,7 +26,7 @@ log = logging.getLogger("spark_voice.backends")
 
 
 # Errors caused by the input, not by the engine: never a reason to fall back.
-USER_ERRORS = (AudioError, VoiceError, ContextOverflow, Cancelled, ConfigError)
+USER_ERRORS = (AudioError, VoiceError, ContextOverflow, Cancelled, ConfigError, ToolError)
 
 
 def backend_class(role: Role, provider: str) -> type[Any]:
@@ -194,6 +194,14 @@ class LlmFallback(Fallback):
 
     def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         return int(self.active.count_prompt_tokens(messages))
+
+    @property
+    def supports_tools(self) -> bool:
+        return all(supports_tools(b) for b in self.backends)
+
+    @property
+    def tool_format(self) -> str:
+        return str(getattr(self.active, "tool_format", "") or "")
 
 
 class TtsFallback(Fallback):

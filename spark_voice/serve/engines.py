@@ -22,7 +22,7 @@ from typing import Any, AsyncGenerator, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from ..backends.base import SttStream
+from ..backends.base import SttStream, supports_tools
 from ..errors import Cancelled, Overloaded
 from ..types import Audio, BackendInfo, LlmDelta, SttEvent, Transcript, Voice
 
@@ -191,6 +191,14 @@ class GatedLlm(Gated):
 
     def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
         return int(self.raw.count_prompt_tokens(messages))
+
+    @property
+    def supports_tools(self) -> bool:
+        return supports_tools(self.raw)
+
+    @property
+    def tool_format(self) -> str:
+        return str(getattr(self.raw, "tool_format", "") or "")
 
 
 class GatedTts(Gated):

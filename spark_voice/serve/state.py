@@ -131,7 +131,8 @@ class ServerState:
         g: dict[Role, Any] = {k: Gated(b, self.gates[k]) for k, b in self.backends.items()}
         sp = VoicePipeline(g.get("stt"), g.get("llm"), g.get("tts"), retriever=p.retriever,
                            embedder=g.get("embedding"), settings=p.settings, system_prompt=p.system_prompt,
-                           language=p.language, voice=p.voice, history_turns=p.history_turns, top_k=p.top_k)
+                           language=p.language, voice=p.voice, history_turns=p.history_turns, top_k=p.top_k,
+                           tools=p.tools, tool_choice=p.tool_choice)
         sp.latency = p.latency
         return sp
 
