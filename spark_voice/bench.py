@@ -308,16 +308,16 @@ def _llama_floor(b) -> tuple[Callable[[list[dict]], dict], Callable[[], None], s
 
         def pieces():
             dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            parser = HarmonyParser() if harmony else None
+            parser = HarmonyParser(b.special_ids) if harmony else None
             for n, tok in enumerate(gen):
                 if n >= b.max_tokens or llama_cpp.llama_vocab_is_eog(vocab, tok) or (
                         not harmony and llama_cpp.llama_vocab_get_attr(vocab, tok) & control):
                     return
-                text = dec.decode(llama.detokenize([tok], special=harmony))
+                piece = llama.detokenize([tok], special=False)
                 if parser is None:
-                    yield text
+                    yield dec.decode(piece)
                 else:
-                    yield "".join(p for ch, p in parser.feed(text) if ch == "final")
+                    yield "".join(d.text for d in parser.feed(tok, piece) if d.channel == "final" and not d.recipient)
                     if parser.done:
                         return
         try:

@@ -183,3 +183,145 @@ def test_pipeline_answers_text_with_real_llm(llm, dev_settings):
     assert pipe.history[-1] == {"role": "assistant", "content": turn.answer}   # multi-turn memory
     turn2 = pipe.run(text="And of Germany?", speak=False)
     assert turn2.answer and not turn2.error
+
+
+# ---------------------------------------------------------------------------------------------
+# tools on SmolLM2: its template has no tool format, so the functions are described in the
+# system message and calls are <tool_call> JSON; required / named choices use a grammar
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                        "days": {"type": "integer", "minimum": 1}},
+                       "required": ["city", "days"]}}},
+    {"type": "function", "function": {
+        "name": "current_time", "description": "The current time.",
+        "parameters": {"type": "object", "properties": {"timezone": {"type": "string", "enum": ["Asia/Tokyo", "UTC"]}},
+                       "required": ["timezone"]}}},
+]
+WEATHER = [{"role": "user", "content": "What is the weather in Paris for the next 2 days?"}]
+
+
+def _calls(deltas):
+    calls = {}
+    for d in deltas:
+        if d.kind == "tool_call":
+            calls.setdefault((d.index, d.tool_name), []).append(d.text)
+    return {name: "".join(v) for (_, name), v in calls.items()}
+
+
+def test_prompted_tool_format_renders_calls_and_results(llm):
+    import json
+
+    assert llm.tool_format == "prompted"
+    msgs = WEATHER + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Paris\", \"days\": 2}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"}]
+    prompt = llm.render(msgs, TOOLS)
+    assert '"name": "get_weather"' in prompt and "<tool_call>" in prompt         # the functions, described
+    assert ('<|im_start|>assistant\n<tool_call>' + json.dumps({"name": "get_weather", "arguments":
+                                                               {"city": "Paris", "days": 2}})) in prompt
+    assert "<|im_start|>tool\n<tool_response>rain</tool_response><|im_end|>" in prompt
+
+
+@pytest.mark.parametrize("choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])
+def test_grammar_constrained_call(llm, choice):
+    import json
+
+    stats: dict = {}
+    deltas = list(llm.stream_chat(WEATHER, tools=TOOLS, tool_choice=choice, max_tokens=60, temperature=0.0,
+                                  stats=stats))
+    calls = _calls(deltas)
+    assert len(calls) == 1 and not any(d.kind == "text" and d.text.strip() for d in deltas)
+    (name, args), = calls.items()
+    a = json.loads(args)
+    if name == "get_weather":
+        assert set(a) == {"city", "days"} and len(a["city"]) <= 12 and isinstance(a["days"], int) and a["days"] >= 1
+    else:
+        assert choice == "required" and a["timezone"] in ("Asia/Tokyo", "UTC")
+    assert stats["finish_reason"] == "tool_calls" and stats["completion_tokens"] > 3
+
+
+def test_tool_call_text_found_at_any_split():
+    from spark_voice.backends.llm_llama_cpp import _ToolText
+
+    cases = [("Sure. <tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1}}</tool_call>", "Sure. ", 1),
+             ("  {\"name\": \"f\", \"parameters\": {\"x\": 1}}", "", 1),
+             ("Use <tool to call", "Use <tool to call", 0),
+             ("{not a call}", "{not a call}", 0)]
+    for text, before, n in cases:
+        for i in range(len(text) + 1):
+            t = _ToolText()
+            out = t.push(text[:i]) + t.push(text[i:])
+            rest, calls = t.finish()
+            assert (out + rest).strip() == before.strip() and len(calls) == n, (text, i)
+            if n:
+                assert calls[0].name == "f" and '"x": 1' in calls[0].arguments
+
+
+def test_dev_profile_voice_turn_calls_a_tool_and_speaks_the_answer(llm, dev_settings):
+    """Dev profile end to end: spoken question (whisper) -> SmolLM2 calls a Python tool (grammar,
+    tool_choice="required") -> the result goes back -> the answer is spoken by the real TTS."""
+    need_module("pywhispercpp", "stt")
+    from conftest import synthesize
+    from spark_voice.backends.registry import build
+    from spark_voice.pipeline import VoicePipeline
+
+    asked: list[str] = []
+
+    def get_weather(city: str, days: int) -> str:
+        """Weather forecast of a city.
+
+        Args:
+            city: The city.
+            days: Number of days.
+        """
+        asked.append(city)
+        return "Sunny and 25 degrees."
+
+    llm.max_tokens = 40
+    s = dev_settings
+    stt, tts = build("stt", s), build("tts", s)
+    pipe = VoicePipeline(stt, llm, tts, settings=s, language="en", tools=[get_weather], tool_choice="required",
+                         max_tool_calls=1)
+    turn = pipe.run(synthesize("What is the weather in Paris tomorrow?", "en"))
+    assert not turn.error and "weather" in turn.transcript.lower()
+    assert len(asked) == 1 and turn.tool_calls[0]["name"] == "get_weather"
+    call = next(e for e in turn.events if e.stage == "llm.tool_call")
+    stages = [e.stage for e in turn.events]
+    assert stages.index("llm.tool_call") < stages.index("tool.result") < stages.index("turn.done")
+    assert turn.answer and turn.audio is not None and turn.audio.duration > 0.3
+    spoken = "".join(e.text for e in turn.events if e.stage in ("llm.sentence", "tts.chunk"))
+    assert call.data["arguments"] not in spoken and '"city"' not in spoken
+    assert pipe.llm is llm and pipe.history[-1]["content"] == turn.answer
+
+
+def test_auto_call_json_follows_the_schema_after_tool_call_tag(llm):
+    """tool_choice auto: once the model writes <tool_call>, the JSON after it is grammar-constrained."""
+    import json
+
+    import numpy as np
+
+    tag = llm.llm.tokenize(b"<tool_call>", add_bos=False, special=True)
+    start: list[int] = []
+
+    def proc(input_ids, scores):  # the model "decides" to call: it writes the tag, then is free
+        if not start:
+            start.append(len(input_ids))
+        i = len(input_ids) - start[0]
+        if i >= len(tag):
+            return scores
+        out = np.full_like(scores, -1e9)
+        out[tag[i]] = 0.0
+        return out
+
+    stats: dict = {}
+    deltas = list(llm.stream_chat(WEATHER, tools=TOOLS, max_tokens=60, temperature=0.0, logits_processor=proc,
+                                  stats=stats))
+    calls = _calls(deltas)
+    assert len(calls) == 1 and stats["finish_reason"] == "tool_calls", deltas
+    (name, args), = calls.items()
+    a = json.loads(args)
+    assert name in ("get_weather", "current_time") and isinstance(a, dict)
+    assert "<tool_call>" not in "".join(d.text for d in deltas if d.kind == "text")

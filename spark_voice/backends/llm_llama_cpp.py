@@ -40,14 +40,17 @@ from __future__ import annotations
 import bisect
 import codecs
 import ctypes
+import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import BackendUnavailable, ContextOverflow, MissingDependency, ModelNotFound
-from ..harmony import HarmonyParser, is_harmony_metadata
+from ..harmony import MARKERS, HarmonyParser, is_harmony_metadata
+from ..tools import ToolCall, ToolError, normalize_tool_choice, parameters_schema, parse_tool_json, tool_by_name
 from ..types import LlmDelta
 from .base import BaseBackend
 
@@ -97,6 +100,7 @@ class _StopStrings:
         self.stops = [s for s in dict.fromkeys(stops) if s]
         self.buf = ""
         self.hit = False
+        self.after = ""  # text after the stop string
 
     def push(self, text: str) -> str:
         if not self.stops or self.hit:
@@ -104,7 +108,8 @@ class _StopStrings:
         self.buf += text
         cut = min((i for i in (self.buf.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
-            out, self.buf, self.hit = self.buf[:cut], "", True
+            stop = next(s for s in self.stops if self.buf.find(s) == cut)
+            out, self.after, self.buf, self.hit = self.buf[:cut], self.buf[cut + len(stop):], "", True
             return out
         keep = 0
         for s in self.stops:
@@ -178,6 +183,8 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         self._stop_strings: list[str] = []
         self._add_bos = False
         self._bos_text = ""
+        self._specials: dict[int, str] = {}
+        self.tool_format = ""
 
     @classmethod
     def from_settings(cls, settings) -> "LlamaCppLLM":
@@ -229,6 +236,17 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         self._to_piece = llama_cpp.llama_token_to_piece
         self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
         self._offload = offload
+        # harmony markers by token id (from this GGUF's vocabulary, not from text)
+        self._specials = {}
+        if self.is_harmony:
+            for marker in MARKERS:
+                # one special token (llama.cpp marks some of them USER_DEFINED rather than CONTROL)
+                ids = llm.tokenize(marker.encode(), add_bos=False, special=True)
+                special = self._control | int(llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED)
+                if len(ids) == 1 and llama_cpp.llama_vocab_get_attr(vocab, ids[0]) & special:
+                    self._specials[ids[0]] = marker
+        self.tool_format = "harmony" if self.is_harmony else (
+            "template" if re.search(r"\btools\b", self.template) else "prompted")
         self.llm = llm
         log.info("llm loaded", extra={"model": str(self.model_path), "harmony": self.is_harmony,
                                       "n_ctx": self.n_ctx, "n_gpu_layers": self.n_gpu_layers,
@@ -241,9 +259,10 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         try:
             tokens = self._tokenize_prompt([{"role": "user", "content": "Hi"}])
             n = 0
-            for _ in self._tokens(tokens, max_tokens=2, temperature=0.0, cancel=None):
-                n += 1
-            if n == 0 and self.last_stats.get("finish_reason") != "stop":
+            stats = self._new_stats(tokens)
+            for _, _, stop in self._tokens(tokens, stats, max_tokens=2, temperature=0.0, cancel=None):
+                n += 0 if stop else 1
+            if n == 0 and stats.get("finish_reason") != "stop":
                 raise BackendUnavailable("llama.cpp probe generated no token")
         finally:
             self._gen_lock.release()
@@ -266,11 +285,30 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         super().close()
 
     # ------------------------------------------------------------------ prompt
-    def render(self, messages: Sequence[dict]) -> str:
-        """The prompt text of `messages` by the GGUF's chat template (generation prompt added)."""
+    supports_tools = True
+
+    @property
+    def special_ids(self) -> dict[int, str]:
+        """Harmony marker token ids of this GGUF's vocabulary -> marker text (empty for other models)."""
+        return dict(self._specials)
+
+    def _prepare(self, messages: Sequence[dict], tools: Sequence[dict]) -> tuple[list[dict], dict]:
+        """Messages in the shape this model's chat template wants, and the template kwargs."""
+        kwargs: dict[str, Any] = {"reasoning_effort": self.reasoning_effort} if self.is_harmony else {}
+        if self.tool_format == "harmony":
+            msgs = harmony_messages(messages)
+        elif self.tool_format == "template":
+            msgs = template_messages(messages)
+        else:
+            msgs = prompted_messages(messages, tools)
+        if tools and self.tool_format in ("harmony", "template"):
+            kwargs["tools"] = [dict(t) for t in tools]
+        return msgs, kwargs
+
+    def render(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        """The prompt text of `messages` (and `tools`) by the GGUF's chat template (generation prompt added)."""
         self.load()
-        msgs = [{**m, "content": _content(m.get("content"))} for m in messages]
-        kwargs = {"reasoning_effort": self.reasoning_effort} if self.is_harmony else {}
+        msgs, kwargs = self._prepare(messages, list(tools or []))
         return self._formatter(messages=msgs, **kwargs).prompt
 
     def count_prompt_tokens(self, messages: list[dict[str, Any]]) -> int:
@@ -284,10 +322,11 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
             toks = [self.llm.token_bos(), *toks]
         return toks
 
-    def _tokenize_prompt(self, messages: Sequence[dict]) -> list[int]:
-        return self.tokenize(self.render(messages))
+    def _tokenize_prompt(self, messages: Sequence[dict], tools: Sequence[dict] = ()) -> list[int]:
+        return self.tokenize(self.render(messages, tools))
 
-    def fit(self, messages: Sequence[dict], max_tokens: int) -> tuple[list[int], int]:
+    def fit(self, messages: Sequence[dict], max_tokens: int,
+            tools: Sequence[dict] = ()) -> tuple[list[int], int]:
         """Prompt tokens of `messages`, oldest exchanges dropped until prompt + max_tokens fit n_ctx.
 
         Returns (tokens, number of messages dropped). Raises ContextOverflow when the system
@@ -308,7 +347,7 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
 
         def tokens_for(k: int) -> list[int]:  # k = exchanges dropped
             if k not in cache:
-                cache[k] = self._tokenize_prompt(head + history[starts[k]:] + tail)
+                cache[k] = self._tokenize_prompt(head + history[starts[k]:] + tail, tools)
             return cache[k]
 
         full = tokens_for(0)
@@ -328,6 +367,18 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
                                                "n_ctx": self.n_ctx})
         return cache[k], dropped
 
+    def grammar(self, schema: dict) -> Any:
+        """A llama.cpp grammar that accepts exactly the JSON documents of `schema`."""
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:  # unsupported schema feature
+            raise ToolError(f"the tool's JSON schema cannot be turned into a grammar: {exc}") from exc
+        # llama-cpp-python's string rule lets control characters into strings, which JSON forbids
+        gbnf = gbnf.replace(r'char ::= [^"\\] |', r'char ::= [^"\\\x7F\x00-\x1F] |')
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
     # ------------------------------------------------------------------ generation
     def _piece(self, token: int, special: bool, buf: list) -> bytes:
         n = self._to_piece(self._vocab, token, buf[0], len(buf[0]), 0, special)
@@ -336,18 +387,24 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
             n = self._to_piece(self._vocab, token, buf[0], len(buf[0]), 0, special)
         return buf[0].raw[:n]
 
-    def _tokens(self, prompt: list[int], *, max_tokens: int, temperature: float,
-                cancel: threading.Event | None,
-                logits_processor: Callable | None = None) -> Iterator[tuple[int, str]]:
-        """(token, text) as generated; the caller holds the generation lock. Sets last_stats."""
+    @staticmethod
+    def _new_stats(prompt: Sequence[int]) -> dict[str, Any]:
+        return {"prompt_tokens": len(prompt), "completion_tokens": 0, "finish_reason": "length",
+                "ttft_s": None, "seconds": 0.0}
+
+    def _tokens(self, prompt: list[int], stats: dict[str, Any], *, max_tokens: int, temperature: float,
+                cancel: threading.Event | None, logits_processor: Callable | None = None,
+                grammar: Any = None) -> Iterator[tuple[int, bytes, bool]]:
+        """(token, piece bytes, is_stop) as generated; the caller holds the generation lock.
+
+        Counts into `stats` (completion_tokens: every sampled token except the stop token;
+        finish_reason: stop | length | cancelled). A harmony model's stop token (``<|return|>``,
+        ``<|call|>``) is yielded last (is_stop=True) so that the parser sees it; other models
+        stop at any end-of-generation or control token, which is not yielded."""
         llm = self.llm
         harmony = self.is_harmony
         is_eog, get_attr, vocab, control = self._is_eog, self._get_attr, self._vocab, self._control
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         buf = [ctypes.create_string_buffer(64)]
-        stats = {"prompt_tokens": len(prompt), "completion_tokens": 0, "finish_reason": "length",
-                 "ttft_s": None, "seconds": 0.0}
-        self.last_stats = stats
         t0 = time.perf_counter()
         procs = None
         if logits_processor is not None:
@@ -355,8 +412,10 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
 
             procs = LogitsProcessorList([logits_processor])
         gen = llm.generate(prompt, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                           temp=temperature, repeat_penalty=self.repeat_penalty, logits_processor=procs)
+                           temp=temperature, repeat_penalty=self.repeat_penalty, logits_processor=procs,
+                           grammar=grammar)
         n = 0
+        stats["finish_reason"] = "length"
         try:
             while n < max_tokens:
                 if cancel is not None and cancel.is_set():
@@ -367,10 +426,12 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
                     stats["ttft_s"] = time.perf_counter() - t0
                 if is_eog(vocab, token) or (not harmony and get_attr(vocab, token) & control):
                     stats["finish_reason"] = "stop"
+                    if harmony:
+                        yield token, b"", True
                     break
                 n += 1
-                stats["completion_tokens"] = n
-                yield token, decoder.decode(self._piece(token, harmony, buf))
+                stats["completion_tokens"] += 1
+                yield token, self._piece(token, False, buf), False
         except StopIteration:
             stats["finish_reason"] = "stop"
         except RuntimeError as exc:  # llama_decode failed: the KV state is unknown
@@ -378,57 +439,340 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
             raise BackendUnavailable(f"llama.cpp generation failed: {exc}") from exc
         finally:
             gen.close()
-            stats["seconds"] = time.perf_counter() - t0
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield -1, tail
+            stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - t0
 
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
                     temperature: float | None = None, cancel: threading.Event | None = None,
-                    logits_processor: Callable | None = None) -> Iterator[LlmDelta]:
-        """Stream the answer. `logits_processor(input_ids, scores) -> scores` is for tests/steering."""
+                    logits_processor: Callable | None = None, tools: Sequence[dict] | None = None,
+                    tool_choice: Any = None, stats: dict[str, Any] | None = None) -> Iterator[LlmDelta]:
+        """Stream the answer. `logits_processor(input_ids, scores) -> scores` is for tests/steering.
+
+        `tools` (OpenAI function specs) and `tool_choice` (auto | none | required | a named
+        function): a tool call comes as ``tool_call`` deltas (arguments, never spoken) and
+        finish_reason ``tool_calls``. ``required`` and a named function constrain the arguments
+        with a grammar built from the function's JSON schema. `stats` (a dict) is filled with the
+        engine's counts: prompt_tokens, completion_tokens, finish_reason, ttft_s, seconds,
+        dropped_messages (also kept in ``last_stats``)."""
         self.load()
         max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         temp = self.temperature if temperature is None else float(temperature)
+        tools = [t for t in (tools or []) if isinstance(t, dict)]
+        mode, name = normalize_tool_choice(tool_choice, tools)
+        offered = tools if mode != "none" else []
+        if mode == "required" and len(offered) == 1:
+            mode, name = "function", str(offered[0]["function"]["name"])
         with self._gen_lock:
             if cancel is not None and cancel.is_set():
                 return
             if self.llm is None:
                 raise BackendUnavailable("the LLM was closed")
-            prompt, dropped = self.fit(messages, max_tokens)
-            tokens = self._tokens(prompt, max_tokens=max_tokens, temperature=temp, cancel=cancel,
-                                  logits_processor=logits_processor)
-            try:
-                if self.is_harmony:
-                    yield from self._harmony(tokens)
-                else:
-                    yield from self._plain(tokens)
-            finally:
-                tokens.close()
-                self.last_stats["dropped_messages"] = dropped
+            prompt, dropped = self.fit(messages, max_tokens, offered)
+            st = stats if stats is not None else {}
+            st.clear()
+            st.update(self._new_stats(prompt), dropped_messages=dropped)
+            self.last_stats = st
+            kw = dict(max_tokens=max_tokens, temperature=temp, cancel=cancel, logits_processor=logits_processor)
+            if self.is_harmony:
+                yield from self._harmony(prompt, st, kw, mode, name, offered)
+            else:
+                yield from self._plain(prompt, st, kw, mode, name, offered)
 
-    def _plain(self, tokens: Iterator[tuple[int, str]]) -> Iterator[LlmDelta]:
+    # ------------------------------------------------------------------ non-harmony models
+    def _plain(self, prompt: list[int], st: dict, kw: dict, mode: str, name: str,
+               tools: list[dict]) -> Iterator[LlmDelta]:
+        if mode in ("function", "required"):
+            names = [name] if mode == "function" else [str(t["function"]["name"]) for t in tools]
+            schema = {"anyOf": [_call_schema(n, parameters_schema(tool_by_name(tools, n))) for n in names]}
+            if len(names) == 1:
+                schema = schema["anyOf"][0]
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            text = "".join(decoder.decode(p) for _, p, _ in self._tokens(prompt, st, grammar=self.grammar(schema),
+                                                                          **kw))
+            text += decoder.decode(b"", final=True)
+            made = parse_tool_json(text) if st["finish_reason"] != "cancelled" else []
+            for i, c in enumerate(made):
+                yield LlmDelta(c.arguments, "commentary", kind="tool_call", recipient=f"functions.{c.name}",
+                               content_type="json", index=i)
+            if made:
+                st["finish_reason"] = "tool_calls"
+            return
         stops = _StopStrings(self._stop_strings)
-        for _, text in tokens:
-            out = stops.push(text)
-            if out:
-                yield LlmDelta(out)
-            if stops.hit:
-                self.last_stats["finish_reason"] = "stop"
-                return
-        rest = stops.flush()
+        scan = _ToolText() if tools else None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        budget, grammar, generated = kw["max_tokens"], None, list(prompt)
+        while True:
+            switch = False
+            for tok, piece, _ in self._tokens(generated, st, grammar=grammar, **kw):
+                generated.append(tok)
+                out = stops.push(decoder.decode(piece))
+                if scan is not None:
+                    out = scan.push(out)
+                if out:
+                    yield LlmDelta(out)
+                if stops.hit:
+                    st["finish_reason"] = "stop"
+                    break
+                # the model opened a <tool_call>: the JSON of the call follows the functions' schemas
+                if grammar is None and scan is not None and scan.calls_text is not None \
+                        and not scan.calls_text.strip():
+                    switch = True
+                    break
+            if not switch or budget - st["completion_tokens"] <= 0:
+                break
+            schema = {"anyOf": [_call_schema(str(t["function"]["name"]), parameters_schema(t["function"]))
+                                for t in tools]}
+            grammar, kw = self.grammar(schema), {**kw, "max_tokens": budget - st["completion_tokens"]}
+        rest = "" if stops.hit else stops.push(decoder.decode(b"", final=True)) + stops.flush()
+        calls: list[ToolCall] = []
+        if scan is not None:
+            rest, calls = scan.finish(scan.push(rest) if rest else "")
         if rest:
             yield LlmDelta(rest)
+        for i, c in enumerate(calls):
+            yield LlmDelta(c.arguments, "commentary", kind="tool_call", recipient=f"functions.{c.name}",
+                           content_type="json", index=i)
+        if calls and st["finish_reason"] != "cancelled":
+            st["finish_reason"] = "tool_calls"
 
-    def _harmony(self, tokens: Iterator[tuple[int, str]]) -> Iterator[LlmDelta]:
-        parser = HarmonyParser()
-        for _, text in tokens:
-            for channel, piece in parser.feed(text):
-                yield LlmDelta(piece, channel)  # type: ignore[arg-type]
-            if parser.done:
-                self.last_stats["finish_reason"] = "stop"
+    # ------------------------------------------------------------------ harmony (gpt-oss)
+    def _harmony(self, prompt: list[int], st: dict, kw: dict, mode: str, name: str,
+                 tools: list[dict]) -> Iterator[LlmDelta]:
+        parser = HarmonyParser(self._specials)
+        prefix: list[int] = []
+
+        def feed(tokens: Iterator[tuple[int, bytes, bool]]) -> Iterator[LlmDelta]:
+            for tok, piece, _ in tokens:
+                prefix.append(tok)
+                for d in parser.feed(tok, piece):
+                    yield _delta(d)
+                if parser.done:
+                    return
+
+        def prefill(text: str) -> None:  # header tokens we write for the model (part of the prompt)
+            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            for t in ids:
+                parser.feed(t, self._piece(t, False, [ctypes.create_string_buffer(64)]))
+            prefix.extend(ids)
+            st["prompt_tokens"] += len(ids)
+
+        if mode == "required":  # pick the function first (a grammar over the names), then its arguments
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            prefill("<|channel|>commentary to=functions.")
+            names = [str(t["function"]["name"]) for t in tools]
+            pick = LlamaGrammar.from_string("root ::= " + " | ".join(json.dumps(n) for n in names), verbose=False)
+            chosen = b""
+            for tok, piece, stop in self._tokens(prompt + prefix, st, grammar=pick, **kw):
+                if stop:
+                    break
+                prefix.append(tok)
+                parser.feed(tok, piece)
+                chosen += piece
+            name = chosen.decode("utf-8", "replace")
+            if st["finish_reason"] != "stop" or name not in names:
                 return
-        for channel, piece in parser.finish():
-            yield LlmDelta(piece, channel)  # type: ignore[arg-type]
+            st["finish_reason"] = "length"
+            kw = {**kw, "max_tokens": max(1, kw["max_tokens"] - st["completion_tokens"])}
+            prefill(" <|constrain|>json<|message|>")
+            yield from feed(self._tokens(prompt + prefix, st, grammar=self.grammar(
+                parameters_schema(tool_by_name(tools, name))), **kw))
+        elif mode == "function":
+            prefill(f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>")
+            yield from feed(self._tokens(prompt + prefix, st, grammar=self.grammar(
+                parameters_schema(tool_by_name(tools, name))), **kw))
+        else:
+            # free generation; once the model opens a call to one of the functions, its arguments
+            # are generated under that function's JSON-schema grammar (they always parse and fit)
+            budget = kw["max_tokens"]
+            schemas = {f"functions.{t['function']['name']}": parameters_schema(t["function"]) for t in tools}
+            grammar = None
+            while True:
+                switch = None
+                for tok, piece, _ in self._tokens(prompt + prefix, st, grammar=grammar, **kw):
+                    prefix.append(tok)
+                    for d in parser.feed(tok, piece):
+                        if mode != "none" or d.recipient == "":
+                            yield _delta(d)
+                    if parser.done:
+                        break
+                    m = parser.current
+                    if grammar is None and m is not None and not m.content and m.recipient in schemas:
+                        switch = m.recipient
+                        break
+                if switch is None or parser.done:
+                    break
+                left = budget - st["completion_tokens"]
+                if left <= 0:
+                    st["finish_reason"] = "length"
+                    break
+                grammar, kw = self.grammar(schemas[switch]), {**kw, "max_tokens": left}
+        for d in parser.finish():
+            if mode != "none" or d.recipient == "":
+                yield _delta(d)
+        calls = [m for m in parser.messages if m.recipient]
+        if mode == "none":
+            if parser.stop:
+                st["finish_reason"] = "stop"
+        elif parser.stop == "call" or (calls and calls[-1].end):
+            if st["finish_reason"] != "cancelled":
+                st["finish_reason"] = "tool_calls"
+        elif parser.stop:
+            st["finish_reason"] = "stop"
+        st["harmony_warnings"] = list(parser.warnings)
+
+
+def _delta(d: Any) -> LlmDelta:
+    kind = "tool_call" if d.recipient else "text"
+    return LlmDelta(d.text, d.channel, kind=kind, recipient=d.recipient,  # type: ignore[arg-type]
+                    content_type=d.content_type, index=d.index)
+
+
+def _call_schema(name: str, params: dict) -> dict:
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": params},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _arguments(args: Any) -> Any:
+    """Tool-call arguments as a JSON object when they parse (templates render them with tojson)."""
+    if isinstance(args, str):
+        try:
+            return json.loads(args) if args.strip() else {}
+        except ValueError:
+            return args
+    return args if args is not None else {}
+
+
+def _calls(m: dict) -> list[dict]:
+    out = []
+    for c in m.get("tool_calls") or []:
+        fn = c.get("function") or c
+        out.append({"id": c.get("id", ""), "name": str(fn.get("name", "")),
+                    "arguments": _arguments(fn.get("arguments"))})
+    return out
+
+
+def harmony_messages(messages: Sequence[dict]) -> list[dict]:
+    """OpenAI messages for the gpt-oss template: one tool call per assistant message, each
+    followed by its result (the template names a result after the latest call)."""
+    msgs = list(messages)
+    out: list[dict] = []
+    i = 0
+    while i < len(msgs):
+        m = msgs[i]
+        base = {k: v for k, v in m.items() if k not in ("tool_calls", "content")}
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            j = i + 1
+            results = []
+            while j < len(msgs) and msgs[j].get("role") == "tool":
+                results.append(msgs[j])
+                j += 1
+            by_id = {r.get("tool_call_id"): r for r in results if r.get("tool_call_id")}
+            left = list(results)
+            for k, c in enumerate(_calls(m)):
+                out.append({**base, "content": _content(m.get("content")) if k == 0 else "",
+                            "tool_calls": [{"function": {"name": c["name"], "arguments": c["arguments"]}}]})
+                r = by_id.get(c["id"]) or (left[0] if left else None)
+                if r is not None and r in left:
+                    left.remove(r)
+                    out.append({"role": "tool", "content": _content(r.get("content"))})
+            out += [{"role": "tool", "content": _content(r.get("content"))} for r in left]
+            i = j
+            continue
+        out.append({**base, "content": _content(m.get("content"))})
+        i += 1
+    return out
+
+
+def template_messages(messages: Sequence[dict]) -> list[dict]:
+    """OpenAI messages for a chat template with its own tool format (arguments as objects)."""
+    out = []
+    for m in messages:
+        d = {k: v for k, v in m.items() if k != "tool_calls"}
+        d["content"] = _content(m.get("content"))
+        if m.get("tool_calls"):
+            d["tool_calls"] = [{"id": c["id"], "type": "function",
+                                "function": {"name": c["name"], "arguments": c["arguments"]}} for c in _calls(m)]
+        out.append(d)
+    return out
+
+
+TOOL_PROMPT = ("You can call these functions (JSON schemas):\n{specs}\n"
+               "To call one, answer with only <tool_call>{{\"name\": \"NAME\", \"arguments\": {{...}}}}</tool_call>. "
+               "A function's result comes back in <tool_response>; then answer the user.")
+
+
+def prompted_messages(messages: Sequence[dict], tools: Sequence[dict]) -> list[dict]:
+    """OpenAI messages for a template without a tool format: the functions are described in the
+    system message, calls and results written as <tool_call>/<tool_response> text."""
+    out: list[dict] = []
+    for m in messages:
+        role = m.get("role")
+        content = _content(m.get("content"))
+        if role == "assistant" and m.get("tool_calls"):
+            calls = "".join("<tool_call>" + json.dumps({"name": c["name"], "arguments": c["arguments"]},
+                                                       ensure_ascii=False) + "</tool_call>" for c in _calls(m))
+            out.append({"role": "assistant", "content": (content + "\n" if content else "") + calls})
+        elif role == "tool":
+            out.append({"role": "tool", "content": f"<tool_response>{content}</tool_response>"})
+        else:
+            out.append({"role": role, "content": content})
+    if tools:
+        specs = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+        text = TOOL_PROMPT.format(specs=specs)
+        if out and out[0]["role"] in ("system", "developer"):
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{text}"}
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out
+
+
+class _ToolText:
+    """Finds tool calls a non-harmony model writes as text: ``<tool_call>{...}</tool_call>``
+    (Hermes/Qwen style) or an answer that is only a JSON call object (Llama 3.1 style). Text
+    before a call is passed through; the call text is never."""
+
+    OPEN = "<tool_call>"
+
+    def __init__(self) -> None:
+        self.hold = _StopStrings([self.OPEN])
+        self.start = True
+        self.json_mode = False
+        self.buf = ""
+        self.calls_text: str | None = None
+
+    def push(self, text: str) -> str:
+        if self.calls_text is not None:
+            self.calls_text += text
+            return ""
+        if self.json_mode:
+            self.buf += text
+            return ""
+        if self.start:
+            self.buf += text
+            s = self.buf.lstrip()
+            if not s:
+                return ""
+            self.start = False
+            if s[0] in "{[":
+                self.json_mode = True
+                return ""
+            text, self.buf = self.buf, ""
+        out = self.hold.push(text)
+        if self.hold.hit:
+            self.calls_text = self.hold.after
+        return out
+
+    def finish(self, pending: str = "") -> tuple[str, list[ToolCall]]:
+        text = pending
+        if self.calls_text is not None:
+            blocks = re.findall(r"(.*?)(?:</tool_call>|$)", self.calls_text, re.S)
+            calls = [c for b in blocks if b.strip() for c in parse_tool_json(b.replace(self.OPEN, "").strip())]
+            return text, calls
+        if self.json_mode:
+            calls = parse_tool_json(self.buf.strip())
+            return (text, calls) if calls else (self.buf + text, [])
+        if not self.hold.hit:
+            text += self.hold.flush()
+        return text, []
