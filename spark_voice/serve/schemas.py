@@ -75,9 +75,65 @@ class ContentPart(_Body):
     text: str = ""
 
 
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TOOLS = 128
+
+
+class ToolCallFunction(_Body):
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+    @property
+    def arguments_text(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments, ensure_ascii=False)
+
+
+class ToolCallIn(_Body):
+    """A call in an assistant message of the history."""
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class FunctionSpec(_Body):
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOOL_NAME.match(v):
+            raise _invalid(f"function name {v!r} must be 1-64 letters, digits, _ or -")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _params(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type", "object") != "object":
+            raise _invalid("function parameters must be a JSON schema of type object")
+        return v
+
+
+class ToolSpec(_Body):
+    type: Literal["function"]
+    function: FunctionSpec
+
+    def spec(self) -> dict[str, Any]:
+        fn: dict[str, Any] = {"name": self.function.name, "description": self.function.description,
+                              "parameters": {"type": "object", "properties": {}, **(self.function.parameters or {})}}
+        if self.function.strict:
+            fn["strict"] = True
+        return {"type": "function", "function": fn}
+
+
 class ChatMessage(_Body):
     role: str
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("role")
     @classmethod
@@ -102,9 +158,17 @@ class ChatMessage(_Body):
             return self.content
         return "".join(p.text for p in self.content)
 
-    def as_prompt(self) -> dict[str, str]:
-        """The message as the engines take it ({"role", "content"}; developer -> system)."""
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text}
+    def as_prompt(self) -> dict[str, Any]:
+        """The message as the engines take it ({"role", "content"}; developer -> system; an
+        assistant's tool calls and a tool result's call id kept)."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text}
+        if self.role == "assistant" and self.tool_calls:
+            out["tool_calls"] = [{"id": c.id or f"call_{i}", "type": "function",
+                                  "function": {"name": c.function.name, "arguments": c.function.arguments_text}}
+                                 for i, c in enumerate(self.tool_calls)]
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id or ""
+        return out
 
 
 class StreamOptions(_Body):
@@ -120,8 +184,10 @@ class ChatRequest(_Body):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    tools: list[Any] | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
+    function_call: Any = None
     stop: str | list[str] | None = None
     rag: StrictBool | None = None
 
@@ -130,13 +196,31 @@ class ChatRequest(_Body):
     def _has_user(cls, v: list[ChatMessage]) -> list[ChatMessage]:
         if not any(m.role == "user" for m in v):
             raise _invalid("`messages` needs at least one user message")
+        calls: set[str] = set()
+        for m in v:
+            calls.update(c.id for c in m.tool_calls or () if c.id)
+            if m.role == "tool" and (not m.tool_call_id or m.tool_call_id not in calls):
+                raise _invalid(f"a tool message's tool_call_id ({m.tool_call_id!r}) must answer an earlier "
+                               "assistant tool call")
         return v
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, v: list[ToolSpec] | None) -> list[ToolSpec] | None:
+        names = [t.function.name for t in v or ()]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise _invalid(f"two tools are named {dup!r}")
+        return v
+
+    def tool_specs(self) -> list[dict[str, Any]]:
+        return [t.spec() for t in self.tools or ()]
 
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def prompt(self) -> list[dict[str, str]]:
+    def prompt(self) -> list[dict[str, Any]]:
         return [m.as_prompt() for m in self.messages]
 
 

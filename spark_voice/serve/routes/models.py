@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from ...backends.base import LanguageModel
 from ..deps import get_state, model_ids
 from ..openai_compat import ApiError
 from ..state import ServerState
+from .chat import tool_format
 
 router = APIRouter(tags=["openai"])
 
@@ -16,8 +20,7 @@ router = APIRouter(tags=["openai"])
 async def list_models(state: ServerState = Depends(get_state)) -> JSONResponse:
     created = int(state.started)
     data = [{"id": mid, "object": "model", "created": created, "owned_by": "spark-voice",
-             "spark_voice": {"role": role, "provider": getattr(state.backends[role], "provider", "?"),
-                             "is_mock": bool(getattr(state.backends[role], "is_mock", False))}}
+             "spark_voice": _info(role, state.backends[role])}
             for role, mid in model_ids(state).items()]
     return JSONResponse({"object": "list", "data": data})
 
@@ -30,3 +33,14 @@ async def get_model(model_id: str, state: ServerState = Depends(get_state)) -> J
                              "owned_by": "spark-voice"})
     raise ApiError(404, f"model {model_id!r} not found; available: {', '.join(ids.values())}",
                    param="model", code="model_not_found")
+
+
+def _info(role: str, b: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"role": role, "provider": getattr(b, "provider", "?"),
+                            "is_mock": bool(getattr(b, "is_mock", False))}
+    if role == "llm":  # which model can call tools, and in which format
+        fmt = tool_format(cast(LanguageModel, b))
+        info["tools"] = bool(fmt)
+        if fmt:
+            info["tool_format"] = fmt
+    return info
