@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import model_file, need_module
-from spark_voice.backends.llm_llama_cpp import LlamaCppLLM, _StopStrings
+from spark_voice.backends.chat_format import StopStrings
+from spark_voice.backends.llm_llama_cpp import LlamaCppLLM
 from spark_voice.errors import ContextOverflow, MissingDependency, ModelNotFound
 
 QUESTION = [{"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
@@ -141,10 +142,10 @@ def test_one_generation_at_a_time_and_health_never_blocks(llm):
 def test_stop_strings_split_anywhere():
     for text in ["Paris.<|im_end|>junk", "Paris.<|im_start|>user"]:
         for i in range(len(text)):
-            s = _StopStrings(["<|im_end|>", "<|im_start|>"])
+            s = StopStrings(["<|im_end|>", "<|im_start|>"])
             out = s.push(text[:i]) + s.push(text[i:])
             assert out == "Paris." and s.hit
-    s = _StopStrings(["<|im_end|>"])
+    s = StopStrings(["<|im_end|>"])
     assert s.push("a <|im") == "a " and s.flush() == "<|im"
 
 
@@ -244,7 +245,7 @@ def test_grammar_constrained_call(llm, choice):
 
 
 def test_tool_call_text_found_at_any_split():
-    from spark_voice.backends.llm_llama_cpp import _ToolText
+    from spark_voice.backends.chat_format import ToolText
 
     cases = [("Sure. <tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1}}</tool_call>", "Sure. ", 1),
              ("  {\"name\": \"f\", \"parameters\": {\"x\": 1}}", "", 1),
@@ -252,7 +253,7 @@ def test_tool_call_text_found_at_any_split():
              ("{not a call}", "{not a call}", 0)]
     for text, before, n in cases:
         for i in range(len(text) + 1):
-            t = _ToolText()
+            t = ToolText()
             out = t.push(text[:i]) + t.push(text[i:])
             rest, calls = t.finish()
             assert (out + rest).strip() == before.strip() and len(calls) == n, (text, i)

@@ -33,8 +33,8 @@ import threading
 import unicodedata
 import warnings
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
