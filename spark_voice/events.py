@@ -5,7 +5,7 @@ timestamp (time.perf_counter()). Latencies are differences between event times o
 
 - ``partial``   first stt.partial   - turn start (first audio fed)
 - ``final``     stt.final           - end of speech (speech_end, or last audio for file input)
-- ``first_token`` first spoken llm token (gpt-oss: first *final*-channel token) - stt.final
+- ``first_token`` first spoken llm token (gpt-oss: the first final-channel token, or of a preamble) - stt.final
 - ``tts_start`` first tts.chunk     - stt.final
 - ``end_to_end`` turn.done          - turn start
 """
@@ -67,7 +67,7 @@ def turn_latencies(events: Iterable[Event], start: float | None = None) -> dict[
     first: dict[str, float] = {}
     end_of_speech = None
     for e in events:
-        if e.stage == Stage.LLM_TOKEN and e.data.get("channel", "final") != "final":
+        if e.stage == Stage.LLM_TOKEN and e.data.get("channel", "final") not in ("final", "commentary"):
             continue
         first.setdefault(e.stage, e.t)
         if e.stage == Stage.STT_SPEECH_END:

@@ -545,6 +545,8 @@ def test_voice_turn_with_tool_on_tiny_gptoss(tiny):
     assert "timezone" not in spoken and "Need the time" not in spoken
     stages = [e.stage for e in turn.events]
     assert stages.index("llm.tool_call") < stages.index("tool.result")
+    first = next(e for e in turn.events if e.stage == "llm.token")
+    assert first.data["channel"] == "commentary" and turn.latencies["first_token"] > 0   # the preamble counts
 
 
 def test_auto_call_arguments_follow_the_schema(tiny):

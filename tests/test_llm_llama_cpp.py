@@ -286,7 +286,11 @@ def test_dev_profile_voice_turn_calls_a_tool_and_speaks_the_answer(llm, dev_sett
     stt, tts = build("stt", s), build("tts", s)
     pipe = VoicePipeline(stt, llm, tts, settings=s, language="en", tools=[get_weather], tool_choice="required",
                          max_tool_calls=1)
-    turn = pipe.run(synthesize("What is the weather in Paris tomorrow?", "en"))
+    try:
+        turn = pipe.run(synthesize("What is the weather in Paris tomorrow?", "en"))
+    finally:
+        stt.close()
+        tts.close()
     assert not turn.error and "weather" in turn.transcript.lower()
     assert len(asked) == 1 and turn.tool_calls[0]["name"] == "get_weather"
     call = next(e for e in turn.events if e.stage == "llm.tool_call")
