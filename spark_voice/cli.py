@@ -1,4 +1,4 @@
-"""`spark-voice` / `python -m spark_voice`: run, config, voices, models, ingest, serve, bench, doctor."""
+"""`spark-voice` / `python -m spark_voice`: run, config, voices, models, ingest, serve, bench, doctor, batch."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "spark_voice.bench",
     "spark_voice.doctor",
     "spark_voice.talk",
+    "spark_voice.batch.cli",
 ]
 
 

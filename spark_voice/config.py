@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     serve_queue_timeout_s: float = Field(120.0, gt=0, le=3600)
     serve_latency_window: int = Field(20, ge=1, le=10_000)
 
+    # batch jobs (spark-voice batch; --ray)
+    batch_actors: int = Field(0, ge=0, le=10_000)
+    batch_cpus_per_actor: int = Field(0, ge=0, le=1024)
+    batch_gpus_per_actor: float = Field(-1.0, ge=-1.0, le=64.0)
+    batch_inflight_per_actor: int = Field(2, ge=1, le=1000)
+    batch_max_retries: int = Field(2, ge=0, le=100)
+    batch_actor_restarts: int = Field(4, ge=-1, le=10_000)
+
     # where the settings came from (not an environment variable)
     root_dir: Path = Field(default=Path("."), exclude=True)
     sources: dict[str, str] = Field(default_factory=dict, exclude=True)
