@@ -176,6 +176,10 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "in").mkdir()
     r = cli(str(tmp_path / "in"), str(tmp_path / "out"), "--profile", "mock", "--stages", "tts", cwd=tmp_path)
     assert r.returncode == 2 and "--stages" in r.stderr and "Traceback" not in r.stderr
+    make_clips(tmp_path / "in", ("a.wav",))
+    r = cli(str(tmp_path / "in"), str(tmp_path / "out"), "--profile", "mock", "--stages", "stt,rag,llm",
+            "--set", f"RAG_INDEX_PATH={tmp_path / 'none.bin'}", cwd=tmp_path)
+    assert r.returncode == 2 and "no usable index" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_without_ray_everything_else_works_and_ray_names_the_extra(tmp_path):

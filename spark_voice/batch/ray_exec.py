@@ -32,6 +32,8 @@ from .worker import BatchWorker, JobSpec
 
 log = logging.getLogger("spark_voice.batch")
 
+RESTART_WAIT_S = 900.0  # how long files wait for a restarting actor when no other actor is left
+
 
 def import_ray():
     try:
@@ -187,7 +189,7 @@ class RayExecutor:
         max_attempts = 1 + int(self.settings.batch_max_retries)
         healthy = set(range(len(self.actors))) - self.lost_actors
         pending: dict[Any, tuple[Task, int, int]] = {}  # ref -> (task, actor, submission number)
-        pings: dict[Any, int] = {}
+        pings: dict[Any, tuple[int, float]] = {}  # ping of a dead actor -> (actor, since)
         retry: deque[Task] = deque()
         deaths: dict[int, tuple[set[int], int]] = {}  # actor -> (files lost in its last death, the one running)
         queued = [first]
@@ -212,16 +214,23 @@ class RayExecutor:
                 seq += 1
                 pending[self.actors[idx].process.remote(task)] = (task, idx, seq)
                 self.inflight[idx] += 1
-            if not pending and not pings:
+            if not pending:
                 if exhausted and not retry:
-                    return
-                left = len(retry) + (0 if exhausted else 1)
-                raise BatchError(f"every Ray actor died for good; {left}+ files not processed "
-                                 "(run the same command again to resume)")
+                    return  # done; an actor still restarting is not waited for
+                now = time.monotonic()
+                for ref, (idx, since) in list(pings.items()):
+                    if now - since > RESTART_WAIT_S:  # e.g. its node is gone and nowhere else fits it
+                        del pings[ref]
+                        self.lost_actors.add(idx)
+                        self.echo(f"warning: actor {idx} did not come back in {RESTART_WAIT_S:.0f} s")
+                if not pings:
+                    left = len(retry) + (0 if exhausted else 1)
+                    raise BatchError(f"every Ray actor died for good; {left}{'' if exhausted else '+'} files not "
+                                     "processed (run the same command again to resume)")
             ready, _ = ray.wait(list(pending) + list(pings), num_returns=1, timeout=5.0)
             for ref in ready:
                 if ref in pings:
-                    idx = pings.pop(ref)
+                    idx, _since = pings.pop(ref)
                     try:
                         ray.get(ref)
                         healthy.add(idx)  # restarted, models loaded again
@@ -238,7 +247,7 @@ class RayExecutor:
                 except RayActorError as exc:
                     if idx in healthy:  # no work for it until a ping says it is back
                         healthy.discard(idx)
-                        pings[self.actors[idx].ping.options(max_task_retries=-1).remote()] = idx
+                        pings[self.actors[idx].ping.options(max_task_retries=-1).remote()] = (idx, time.monotonic())
                     # of the files an actor lost in one death, only the oldest was running; the others
                     # were queued behind it and go back without losing an attempt
                     lost = deaths.get(idx)

@@ -72,8 +72,6 @@ def make_spec(settings: Any, out_dir: Path, stages: tuple[str, ...], *, language
     fmt = audio_format or settings.tts_output_format
     if fmt not in FORMATS:
         raise ConfigError(f"--format: invalid value {fmt!r}; accepted values: {', '.join(FORMATS)}")
-    if "rag" in stages and settings.rag_enabled != "on":
-        settings = settings.model_copy(update={"rag_enabled": "on"})
     return JobSpec(out_dir=str(Path(out_dir).resolve()), stages=stages,
                    settings_env=settings.as_env(mask_secrets=False), root_dir=str(settings.root_dir),
                    language=language, voice=voice, audio_format=fmt,
@@ -94,12 +92,18 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, settings: A
     exit_after: test hook, the process dies abruptly (os._exit(75)) after that many records.
     """
     from ..config import Settings
+    from ..errors import ConfigError
 
     t_start = time.perf_counter()
     settings = settings if settings is not None else Settings.load()
     stages = parse_stages(stages)
     if language:  # the backends built from the settings see it too (e.g. the mock recogniser)
-        settings = settings.model_copy(update={"stt_language": Settings._v_lang(language)})
+        try:
+            settings = settings.model_copy(update={"stt_language": Settings._v_lang(language)})
+        except ValueError as exc:
+            raise ConfigError(f"--language: invalid value {language!r}; {exc}") from None
+    if "rag" in stages and settings.rag_enabled != "on":  # naming the stage requires an index
+        settings = settings.model_copy(update={"rag_enabled": "on"})
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise BatchError(f"{in_dir}: not a folder")
