@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +111,11 @@ def test_mock_batch_outputs_manifest_and_summary(tmp_path, mock_settings):
     for r in records(out2):
         check_outputs(out2, r, stages=("stt",))
         assert "answer" not in r["outputs"]
+    # files done with fewer stages are done again when more are asked for, not the other way round
+    res = run_batch(inp, out2, mock_settings, stages="stt,llm", progress=False, echo=None)
+    assert res.summary.processed == 3 and res.summary.ok == 3
+    res = run_batch(inp, out2, mock_settings, stages="stt", progress=False, echo=None)
+    assert res.summary.processed == 0 and res.summary.done_before == 3
 
 
 def test_resume_after_a_crash_changed_file_redone_renamed_not(tmp_path):
@@ -249,9 +253,9 @@ def test_dev_batch_real_engines_resume_changed_renamed_corrupt(tmp_path, dev_bat
         assert r["seconds"]["stt"] > 0 and r["seconds"]["llm"] > 0 and r["seconds"]["tts"] > 0
     # renamed: nothing to do; changed: redone
     (inp / names[0]).rename(inp / "moved.wav")
-    speech_set(inp, 2)[1:]  # rewrites q1.wav with the same content: same hash, not redone
+    os.utime(inp / names[1], ns=(1, 1))  # touched, same content: hashed, found, not redone
     res = run_batch(inp, out, dev_batch_settings, stages="stt", progress=False, echo=None)
-    assert res.summary.processed == 0 and res.summary.renamed == 1
+    assert res.summary.processed == 0 and res.summary.renamed == 1 and res.summary.done_before == 1
     a, sr = sf.read(str(inp / names[1]), dtype="float32")
     sf.write(inp / names[1], a[: len(a) // 2], sr)  # the first half of the question
     res = run_batch(inp, out, dev_batch_settings, stages="stt", progress=False, echo=None)
@@ -319,16 +323,13 @@ def test_ray_dev_profile_two_actors_real_engines(tmp_path, ray_cluster, dev_batc
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     names = speech_set(inp, 3)
-    local = tmp_path / "local"
     res = run_batch(inp, out, dev_batch_settings, stages="stt,llm", ray=True, actors=2, progress=False, echo=None)
-    assert res.exit_code == 0 and res.summary.workers == 2
+    assert res.exit_code == 0 and res.summary.workers == 2 and res.summary.ok == 3
     recs = records(out)
     assert sorted(r["file"] for r in recs) == names
     for r in recs:
         check_outputs(out, r, stages=("stt", "llm"))
-        assert "france" in r["transcript"].lower()
-    # the same transcripts as one local process (same models, same decoding, 1 vs 2 threads)
-    shutil.copytree(inp, local / "in")
-    run_batch(local / "in", local / "out", dev_batch_settings, stages="stt", progress=False, echo=None)
-    assert {r["file"]: r["transcript"].lower().split() for r in records(local / "out")} == \
-        {r["file"]: r["transcript"].lower().split() for r in recs}
+        assert "capital" in r["transcript"].lower() and "france" in r["transcript"].lower()
+        assert r["seconds"]["stt"] > 0 and r["seconds"]["llm"] > 0
+    rtf = res.summary.rtf()
+    assert rtf["stt"] > 0 and rtf["llm"] > 0 and rtf["job"] > 0

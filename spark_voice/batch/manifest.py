@@ -39,6 +39,7 @@ class _Seen:
     mtime_ns: int
     sha256: str | None
     status: str
+    stages: frozenset[str] = frozenset()
 
 
 class Manifest:
@@ -46,6 +47,8 @@ class Manifest:
         self.path = Path(path)
         self.by_hash: dict[str, str] = {}  # sha256 -> "ok" if any record of it is ok, else its last status
         self.name_of: dict[str, str] = {}  # sha256 -> file name of its ok record
+        self.stages_of: dict[str, frozenset[str]] = {}  # sha256 -> stages its ok records covered
+        self._stage_sets: dict[frozenset[str], frozenset[str]] = {}  # one object per distinct set
         self.by_path: dict[str, _Seen] = {}
         self.sizes: set[int] = set()  # sizes of hashed files with a record (rename candidates)
         self.records = 0
@@ -82,12 +85,16 @@ class Manifest:
 
     def _index(self, rec: dict[str, Any]) -> None:
         name, status, sha = rec["file"], str(rec["status"]), rec.get("sha256")
-        self.by_path[name] = _Seen(int(rec.get("size", -1)), int(rec.get("mtime_ns", -1)), sha, status)
+        stages = frozenset(rec.get("stages") or ())
+        stages = self._stage_sets.setdefault(stages, stages)
+        self.by_path[name] = _Seen(int(rec.get("size", -1)), int(rec.get("mtime_ns", -1)), sha, status, stages)
         if sha:
             if self.by_hash.get(sha) != "ok":
                 self.by_hash[sha] = status
             if status == "ok":
                 self.name_of.setdefault(sha, name)
+                both = self.stages_of.get(sha, frozenset()) | stages
+                self.stages_of[sha] = self._stage_sets.setdefault(both, both)
             if rec.get("size") is not None:
                 self.sizes.add(int(rec["size"]))
         self.records += 1
@@ -105,20 +112,28 @@ class Manifest:
         self._index(record)
 
     # ------------------------------------------------------------------ resume decisions
-    def cheap_status(self, rel: str, st: os.stat_result) -> str | None:
+    def status_of(self, sha: str, stages: frozenset[str]) -> str | None:
+        """ok when some record of this content covered `stages`; else its last status or None."""
+        status = self.by_hash.get(sha)
+        if status == "ok" and not stages <= self.stages_of.get(sha, frozenset()):
+            return None  # done with fewer stages: to do again with these
+        return status
+
+    def cheap_status(self, rel: str, st: os.stat_result, stages: frozenset[str]) -> str | None:
         """Status of an unchanged file (same name, size, mtime as its record) without reading it."""
         seen = self.by_path.get(rel)
         if seen is None or seen.size != st.st_size or seen.mtime_ns != st.st_mtime_ns:
             return None
         if seen.sha256:
-            return self.by_hash.get(seen.sha256, seen.status)
+            return self.status_of(seen.sha256, stages)
         return seen.status
 
-    def plan(self, rel: str, path: Path, st: os.stat_result, retry_errors: bool) -> tuple[str, Task | None]:
+    def plan(self, rel: str, path: Path, st: os.stat_result, retry_errors: bool,
+             stages: frozenset[str]) -> tuple[str, Task | None]:
         """("todo", task) or ("done" | "renamed" | "failed", None).
 
-        done: finished under this name; renamed: its content was finished under another name;
-        failed: recorded as failed before (redone with retry_errors)."""
+        done: finished under this name (with at least these stages); renamed: its content was
+        finished under another name; failed: recorded as failed before (redone with retry_errors)."""
         task = Task(rel=rel, path=str(Path(path).resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns)
         seen = self.by_path.get(rel)
         sha: str | None = None
@@ -133,7 +148,7 @@ class Manifest:
                 sha = None  # the worker reads it again and records why it cannot
         if sha is not None:
             task.sha256 = sha
-            status = self.by_hash.get(sha)
+            status = self.status_of(sha, stages)
             if status == "ok":
                 mine = seen is not None and seen.sha256 == sha and seen.status == "ok"
                 return ("done", None) if mine or self.name_of.get(sha) == rel else ("renamed", None)

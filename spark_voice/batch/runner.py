@@ -116,11 +116,12 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, settings: A
             log.warning("manifest: dropped a half-written last line (%d bytes)", manifest.dropped_bytes)
             say(f"manifest: dropped a half-written last line ({manifest.dropped_bytes} bytes)")
 
+        want = frozenset(stages)
         # pass 1: count (no reads) for the progress bar
         maybe, cheap = 0, {"done": 0, "failed": 0}
         for rel, _path, st in iter_inputs(in_dir, out_dir):
             summary.inputs += 1
-            kind = _skipped(manifest.cheap_status(rel, st), retry_errors)
+            kind = _skipped(manifest.cheap_status(rel, st, want), retry_errors)
             if kind is None:
                 maybe += 1
             else:
@@ -151,8 +152,8 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, settings: A
 
         def tasks() -> Iterator[Task]:  # pass 2: the plan, streamed
             for rel, path, st in iter_inputs(in_dir, out_dir):
-                cheap = _skipped(manifest.cheap_status(rel, st), retry_errors)
-                kind, task = manifest.plan(rel, path, st, retry_errors)
+                cheap = _skipped(manifest.cheap_status(rel, st, want), retry_errors)
+                kind, task = manifest.plan(rel, path, st, retry_errors, want)
                 if kind == "todo":
                     yield task
                     continue
