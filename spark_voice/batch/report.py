@@ -28,7 +28,7 @@ class Summary:
     answer_audio_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
-    startup_s: float = 0.0  # from the start of the run to the first worker ready (models loaded)
+    startup_s: float = 0.0  # from the start of the run to the workers ready (Ray start-up, models loaded)
     workers: int = 0
     mode: str = "local"
     interrupted: bool = False
@@ -77,7 +77,7 @@ class Summary:
                f"{self.failed_before} failed before)"]
         out.append(f"audio:      {self.audio_s / 3600:.4f} h in ({self.audio_s:.1f} s), "
                    f"{self.answer_audio_s:.1f} s of spoken answers out")
-        out.append(f"time:       {self.wall_s:.1f} s wall ({self.startup_s:.1f} s to load the models), "
+        out.append(f"time:       {self.wall_s:.1f} s wall ({self.startup_s:.1f} s to start the workers and load the models), "
                    f"{self.files_per_minute:.1f} files/min, {self.mode}, {self.workers} worker(s)")
         r = self.rtf()
         if r:
