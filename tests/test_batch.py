@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT, model_file, need_module, speech_wav, tone
 
+from conftest import ROOT, model_file, need_module, speech_wav, tone
 from spark_voice.batch import BatchError, parse_stages, run_batch
 from spark_voice.config import Settings
 from spark_voice.errors import ConfigError

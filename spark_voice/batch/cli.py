@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_common import settings_from_args, setup_logs
+from .runner import run_batch
+
 EPILOG = """\
 outputs per file (IN_DIR/sub/q.wav): OUT_DIR/sub/q.wav.transcript.json (segments),
 q.wav.answer.txt, q.wav.answer.ogg; one record per file in OUT_DIR/manifest.jsonl.
@@ -39,14 +42,11 @@ def add_parser(sub, common) -> None:
 
 
 def cmd_batch(args) -> int:
-    from ..cli import _settings, _setup_logs
-    from .runner import run_batch
-
-    s = _settings(args)
+    s = settings_from_args(args)
     if not args.verbose:  # per-turn INFO logs would tear the progress bar
         s_level = "WARNING" if s.log_level in ("DEBUG", "INFO") else s.log_level
         s = s.model_copy(update={"log_level": s_level})
-    _setup_logs(args, s)
+    setup_logs(args, s)
     if args.actors is not None and args.actors < 1:
         print("error: --actors must be at least 1", file=sys.stderr)
         return 2

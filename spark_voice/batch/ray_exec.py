@@ -159,9 +159,9 @@ class RayExecutor:
             self.echo(f"warning: {e}")
         self.workers = len(infos)
         loads = [v["load_s"] for v in infos.values()]
+        nodes = len({v["worker"].split(":")[0] for v in infos.values()})
         self.echo(f"ray: {len(infos)} actor(s) x {cpus} CPU{'' if cpus == 1 else 's'}"
-                  + (f" + {gpus:g} GPU" if gpus else "") + f" on {len({v['worker'].split(':')[0] for v in infos.values()})}"
-                  f" node(s), models loaded in {max(loads):.1f} s")
+                  + (f" + {gpus:g} GPU" if gpus else "") + f" on {nodes} node(s), models loaded in {max(loads):.1f} s")
         self.ready()
 
     def close(self) -> None:
@@ -200,19 +200,18 @@ class RayExecutor:
                 idx = min(healthy, key=lambda i: self.inflight[i])
                 if self.inflight[idx] >= per_actor:
                     break
+                nxt: Task | None = None
                 if retry:
-                    task = retry.popleft()
+                    nxt = retry.popleft()
                 elif queued:
-                    task = queued.pop()
+                    nxt = queued.pop()
                 elif not exhausted:
-                    task = next(it, None)
-                    if task is None:
-                        exhausted = True
-                        break
-                else:
+                    nxt = next(it, None)
+                    exhausted = nxt is None
+                if nxt is None:
                     break
                 seq += 1
-                pending[self.actors[idx].process.remote(task)] = (task, idx, seq)
+                pending[self.actors[idx].process.remote(nxt)] = (nxt, idx, seq)
                 self.inflight[idx] += 1
             if not pending:
                 if exhausted and not retry:

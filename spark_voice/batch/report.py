@@ -77,8 +77,8 @@ class Summary:
                f"{self.failed_before} failed before)"]
         out.append(f"audio:      {self.audio_s / 3600:.4f} h in ({self.audio_s:.1f} s), "
                    f"{self.answer_audio_s:.1f} s of spoken answers out")
-        out.append(f"time:       {self.wall_s:.1f} s wall ({self.startup_s:.1f} s to start the workers and load the models), "
-                   f"{self.files_per_minute:.1f} files/min, {self.mode}, {self.workers} worker(s)")
+        out.append(f"time:       {self.wall_s:.1f} s wall ({self.startup_s:.1f} s to start the workers and load "
+                   f"the models), {self.files_per_minute:.1f} files/min, {self.mode}, {self.workers} worker(s)")
         r = self.rtf()
         if r:
             out.append("RTF:        " + ", ".join(f"{k} {v:.3f}" for k, v in r.items())

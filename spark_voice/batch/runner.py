@@ -154,7 +154,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, settings: A
             for rel, path, st in iter_inputs(in_dir, out_dir):
                 cheap = _skipped(manifest.cheap_status(rel, st, want), retry_errors)
                 kind, task = manifest.plan(rel, path, st, retry_errors, want)
-                if kind == "todo":
+                if task is not None:  # kind == "todo"
                     yield task
                     continue
                 if kind == "done":

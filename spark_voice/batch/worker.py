@@ -21,11 +21,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..backends.base import SAMPLE_RATE_STT, Audio, Transcript
+from ..config import Settings
+from ..errors import ConfigError, VoiceError
 from ..fsutil import atomic_write_text
+from ..types import SAMPLE_RATE_STT, Audio, Stage, Transcript
 from .inputs import Task, file_sha256
+from .timing import Stopwatch, TimedLlm, TimedStt, TimedTts
 
 log = logging.getLogger("spark_voice.batch")
 
@@ -38,8 +41,6 @@ def parse_stages(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
     The stages must be a prefix of stt -> rag -> llm -> tts, where rag may be left out (the LLM
     stage then retrieves only when RAG_ENABLED says so; naming rag requires an index)."""
-    from ..errors import ConfigError
-
     items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     if items == ["all"]:
         return ("stt", "llm", "tts")
@@ -71,57 +72,14 @@ class JobSpec:
     # process (like a native crash) when it starts a file whose name contains that text
     debug: dict[str, Any] = field(default_factory=dict)
 
-    def settings(self):
-        from ..config import Settings
-
+    def settings(self) -> Settings:
         return Settings.load(self.root_dir, environ={}, use_dotenv=False, **self.settings_env)
-
-
-class _Timed:
-    """A backend seen through a stopwatch: adds the time spent inside its work calls."""
-
-    def __init__(self, backend: Any, worker: "BatchWorker", stage: str) -> None:
-        self._b, self._w, self._stage = backend, worker, stage
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._b, name)
-
-    def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
-        self._w.stage = "stt"
-        t0 = time.perf_counter()
-        tr = self._b.transcribe(audio, language)
-        self._w.add("stt", time.perf_counter() - t0)
-        self._w.transcript = tr
-        return tr
-
-    def stream_chat(self, *args: Any, **kwargs: Any) -> Iterator:
-        self._w.stage = "llm"
-        return self._timed(self._b.stream_chat(*args, **kwargs), "llm")
-
-    def synthesize(self, *args: Any, **kwargs: Any) -> Iterator:
-        return self._timed(self._b.synthesize(*args, **kwargs), "tts")
-
-    def _timed(self, it: Iterator, stage: str) -> Iterator:
-        try:
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    item = next(it)
-                except StopIteration:
-                    self._w.add(stage, time.perf_counter() - t0)
-                    return
-                self._w.add(stage, time.perf_counter() - t0)
-                yield item
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
 
 
 class BatchWorker:
     """Holds one engine set (models loaded once) and processes files one at a time."""
 
-    def __init__(self, spec: JobSpec, settings: Any = None) -> None:
+    def __init__(self, spec: JobSpec, settings: Settings | None = None) -> None:
         from ..pipeline import VoicePipeline
 
         t0 = time.perf_counter()
@@ -137,34 +95,33 @@ class BatchWorker:
         if spec.voice:
             self.pipe.voice = spec.voice
         if "rag" in self.stages and self.pipe.retriever is None:
-            from ..errors import ConfigError
-
             raise ConfigError("--stages names rag, but no usable index: "
                               + ("; ".join(self.pipe.warnings) or f"RAG_INDEX_PATH={self.settings.rag_index_path}"))
-        self.pipe.stt = _Timed(self.pipe.stt, self, "stt")
-        self.pipe.llm = _Timed(self.pipe.llm, self, "llm") if self.pipe.llm is not None else None
-        self.pipe.tts = _Timed(self.pipe.tts, self, "tts") if self.pipe.tts is not None else None
-        needed = [self.pipe.stt]
+        self.watch = Stopwatch()
+        if self.pipe.stt is None:
+            raise ConfigError("a batch job needs a speech-to-text backend (STT_PROVIDER)")
+        self.stt = TimedStt(self.pipe.stt, "stt", self.watch)
+        self.pipe.stt = self.stt
+        if self.pipe.llm is not None:
+            self.pipe.llm = TimedLlm(self.pipe.llm, "llm", self.watch)
+        if self.pipe.tts is not None:
+            self.pipe.tts = TimedTts(self.pipe.tts, "tts", self.watch)
+        needed: list[Any] = [self.stt]
         if "llm" in self.stages:
             needed += [self.pipe.llm, self.pipe.embedder]
         if "tts" in self.stages:
             needed.append(self.pipe.tts)
         for b in needed:
-            if b is not None and hasattr(b, "load"):
+            if b is not None:
                 b.load()
-        if spec.voice and "tts" in self.stages:
+        if spec.voice and "tts" in self.stages and self.pipe.tts is not None:
             names = [v.name for v in self.pipe.tts.voices()]
             if spec.voice not in names:
-                from ..errors import VoiceError
-
                 raise VoiceError(f"unknown voice {spec.voice!r}; available voices: {', '.join(names)}")
         self.load_seconds = time.perf_counter() - t0
-        self.seconds: dict[str, float] = {}
-        self.stage = ""
-        self.transcript: Transcript | None = None
 
     def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.watch.add(stage, seconds)
 
     def providers(self) -> dict[str, str]:
         return {k: b.info().provider for k, b in self.pipe.backends().items()}
@@ -182,22 +139,24 @@ class BatchWorker:
         if debug.get("sleep_s"):
             time.sleep(float(debug["sleep_s"]))
         t_start = time.perf_counter()
-        self.seconds, self.stage, self.transcript = {}, "read", None
+        watch = self.watch
+        watch.reset()
+        watch.stage = "read"
         rec: dict[str, Any] = {"file": task.rel, "sha256": task.sha256, "size": task.size, "mtime_ns": task.mtime_ns}
         try:
             t0 = time.perf_counter()
             if task.sha256 is None:
                 rec["sha256"] = file_sha256(task.path)  # the decode below reads it from the page cache
-            self.stage = "decode"
+            watch.stage = "decode"
             audio = load_audio(Path(task.path), SAMPLE_RATE_STT)
             self.add("decode", time.perf_counter() - t0)
             rec["audio_s"] = round(audio.duration, 3)
             outputs, extra = self._stages(task, audio)
             rec.update(status="ok", **extra, outputs=outputs)
         except Exception as exc:  # a bad file is recorded and the job goes on
-            rec.update(status="error", stage=self.stage, error_type=type(exc).__name__,
+            rec.update(status="error", stage=watch.stage, error_type=type(exc).__name__,
                        error=f"{type(exc).__name__}: {exc}")
-        rec["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
+        rec["seconds"] = {k: round(v, 4) for k, v in watch.seconds.items()}
         rec["seconds"]["total"] = round(time.perf_counter() - t_start, 4)
         rec.update(stages=list(self.stages), attempts=task.attempt, worker=self.name,
                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -209,24 +168,24 @@ class BatchWorker:
         turn = None
         if "llm" in stages:
             turn = pipe.run(audio, speak="tts" in stages)  # STT inside, through the timed backend
-            tr = self.transcript or Transcript(turn.transcript, [], turn.language)
+            tr = self.watch.transcript or Transcript(turn.transcript, [], turn.language)
             for ev in turn.events:
-                if ev.stage == "rag.hits" and "ms" in ev.data:
+                if ev.stage == Stage.RAG_HITS and "ms" in ev.data:
                     self.add("rag", float(ev.data["ms"]) / 1000.0)
                     extra["rag_sources"] = [h["source"] for h in ev.data.get("hits", [])]
             language = turn.language
         else:
             lang = pipe.language
-            tr = pipe.stt.transcribe(audio, None if lang == "auto" else lang)
+            tr = self.stt.transcribe(audio, None if lang == "auto" else lang)
             language = lang if lang != "auto" else tr.language
-        self.stage = "write"
+        self.watch.stage = "write"
         t0 = time.perf_counter()
         base = self.out_dir / task.rel
         outputs: dict[str, str] = {}
         doc = {"file": task.rel, "language": language or tr.language, "text": tr.text,
                "duration_s": round(audio.duration, 3),
                "segments": [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text} for s in tr.segments],
-               "stt": pipe.stt.info().provider}
+               "stt": self.stt.info().provider}
         atomic_write_text(_with_suffix(base, ".transcript.json"), json.dumps(doc, ensure_ascii=False, indent=1))
         outputs["transcript"] = task.rel + ".transcript.json"
         extra.update(language=doc["language"], transcript=tr.text[:TRANSCRIPT_PREVIEW], segments=len(tr.segments))
