@@ -234,7 +234,7 @@ def test_dev_batch_real_engines_resume_changed_renamed_corrupt(tmp_path, dev_bat
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     names = speech_set(inp, 2)
-    (inp / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
+    (inp / "zz-broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
 
     def stop_after_first(rec, _executor):  # Ctrl-C after the first file
         raise KeyboardInterrupt
@@ -244,8 +244,8 @@ def test_dev_batch_real_engines_resume_changed_renamed_corrupt(tmp_path, dev_bat
     res = run_batch(inp, out, dev_batch_settings, progress=False, echo=None)
     assert res.summary.done_before == 1 and res.summary.processed == 2
     recs = {r["file"]: r for r in records(out)}
-    assert set(recs) == {"broken.wav", *names}
-    assert recs["broken.wav"]["status"] == "error" and recs["broken.wav"]["error_type"] == "AudioError"
+    assert set(recs) == {"zz-broken.wav", *names}
+    assert recs["zz-broken.wav"]["status"] == "error" and recs["zz-broken.wav"]["error_type"] == "AudioError"
     for name in names:
         r = recs[name]
         check_outputs(out, r)
