@@ -32,7 +32,7 @@ from .worker import BatchWorker, JobSpec
 
 log = logging.getLogger("spark_voice.batch")
 
-RESTART_WAIT_S = 900.0  # how long files wait for a restarting actor when no other actor is left
+RESTART_WAIT_S = 900.0  # how long an actor may take to start, or to restart when no other actor is left
 
 
 def import_ray():
@@ -147,9 +147,9 @@ class RayExecutor:
         refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         infos, errors = {}, []
         for ref, i in refs.items():
-            try:
-                infos[i] = ray.get(ref)
-            except Exception as exc:  # the constructor raised (model missing ...) or the process died
+            try:  # a cluster too busy to place the actor would otherwise keep us waiting forever
+                infos[i] = ray.get(ref, timeout=RESTART_WAIT_S)
+            except Exception as exc:  # the constructor raised (model missing ...), the process died, timeout
                 errors.append(f"actor {i}: {_cause(exc)}")
                 self.lost_actors.add(i)
         if not infos:
