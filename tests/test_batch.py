@@ -317,6 +317,15 @@ def test_ray_two_actors_one_killed_mid_run_each_file_once(tmp_path, ray_cluster)
     assert again.summary.processed == 0 and len(records(out)) == len(names)
 
 
+def test_ray_actors_that_cannot_start_stop_the_job_with_the_reason(tmp_path, ray_cluster):
+    inp = tmp_path / "in"
+    make_clips(inp, ("a.wav",))
+    s = Settings.load(tmp_path, environ={}, use_dotenv=False, profile="mock", RAG_INDEX_PATH=str(tmp_path / "no.bin"))
+    with pytest.raises(BatchError, match="no Ray actor could start.*no usable index"):
+        run_batch(inp, tmp_path / "out", s, stages="stt,rag,llm", ray=True, actors=1, progress=False, echo=None)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
 @pytest.mark.real
 @pytest.mark.slow
 def test_ray_dev_profile_two_actors_real_engines(tmp_path, ray_cluster, dev_batch_settings):
