@@ -310,6 +310,8 @@ def test_ray_two_actors_one_killed_mid_run_each_file_once(tmp_path, ray_cluster)
         check_outputs(out, rec)
     assert any(r["attempts"] == 2 for r in by.values())  # the file the killed actor was working on, redone
     assert res.summary.ok == 6 and res.summary.failed == 1 and res.exit_code == 1
+    assert res.summary.resent >= 2 and res.summary.duplicates == 0
+    assert any(line.startswith("recovery:") for line in res.summary.lines())
     assert seen["killed"] is not None and seen["inflight_at_kill"] >= 1 and seen["retried"] >= 1
     assert seen["max_inflight"] <= 2 * 2  # BATCH_INFLIGHT_PER_ACTOR x actors: the folder is streamed
     # a rerun finds everything done; nothing is written twice

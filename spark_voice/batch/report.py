@@ -24,6 +24,7 @@ class Summary:
     ok: int = 0
     failed: int = 0
     duplicates: int = 0  # results dropped because the file was already committed in this run
+    resent: int = 0  # files sent to a worker again because the one they were on died (Ray)
     audio_s: float = 0.0  # input audio of the files processed ok in this run
     answer_audio_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
@@ -79,6 +80,9 @@ class Summary:
                    f"{self.answer_audio_s:.1f} s of spoken answers out")
         out.append(f"time:       {self.wall_s:.1f} s wall ({self.startup_s:.1f} s to start the workers and load "
                    f"the models), {self.files_per_minute:.1f} files/min, {self.mode}, {self.workers} worker(s)")
+        if self.resent or self.duplicates:
+            out.append(f"recovery:   {self.resent} file(s) sent again after a worker died, "
+                       f"{self.duplicates} duplicate result(s) dropped")
         r = self.rtf()
         if r:
             out.append("RTF:        " + ", ".join(f"{k} {v:.3f}" for k, v in r.items())

@@ -185,6 +185,7 @@ def run_batch(in_dir: str | os.PathLike, out_dir: str | os.PathLike, settings: A
         finally:
             bar.close()
             summary.workers = executor.workers
+            summary.resent = int(getattr(executor, "retried", 0))
             try:
                 executor.close()
             except KeyboardInterrupt:
