@@ -251,8 +251,7 @@ class RayExecutor:
                     # were queued behind it and go back without losing an attempt
                     lost = deaths.get(idx)
                     if lost is None or n not in lost[0]:
-                        seqs = {m for (_t, i, m) in pending.values() if i == idx} | {n}
-                        lost = deaths[idx] = (seqs, min(seqs))
+                        lost = deaths[idx] = self._lost_in_death(pending, idx, n)
                     running = n == lost[1]
                     if running and task.attempt >= max_attempts:
                         yield _died(task, exc)
@@ -266,6 +265,26 @@ class RayExecutor:
                     yield _died(task, exc, error_type=type(exc).__name__)
                     continue
                 yield rec
+
+    def _lost_in_death(self, pending: dict[Any, tuple[Task, int, int]], idx: int,
+                       n: int) -> tuple[set[int], int]:
+        """(submission numbers of the files actor `idx` lost, the one it was running): the failed
+        file and every other unfinished one sent to it; files it finished before dying (results
+        ready, not yet collected) are not lost."""
+        ray = self.ray
+        others = [(ref, m) for ref, (_t, i, m) in pending.items() if i == idx]
+        seqs = {n}
+        if others:
+            ready, _ = ray.wait([r for r, _m in others], num_returns=len(others), timeout=0)
+            finished = set()
+            for ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                    finished.add(ref)
+                except Exception:
+                    pass  # lost too
+            seqs |= {m for ref, m in others if ref not in finished}
+        return seqs, min(seqs)
 
 
 def _cause(exc: BaseException) -> str:
