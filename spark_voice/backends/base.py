@@ -60,10 +60,18 @@ class LanguageModel(Backend, Protocol):
         ``tool_choice=`` ("auto" | "none" | "required" | {"type": "function", "function":
         {"name": ...}}) and yields ``tool_call`` deltas (see :func:`supports_tools`); one that
         takes ``stats=`` (a dict) fills it with the engine's counts: prompt_tokens,
-        completion_tokens, finish_reason (stop | length | tool_calls | cancelled)."""
+        completion_tokens, finish_reason (stop | length | tool_calls | cancelled).
 
-    def count_prompt_tokens(self, messages: list[dict]) -> int:
-        """How many tokens `messages` take as a prompt (the engine's template and tokenizer)."""
+        Optional: ``count_prompt_tokens(messages) -> int`` (the engine's template and tokenizer),
+        used for `usage` when the engine reports no counts; see :func:`count_prompt_tokens`."""
+
+
+def count_prompt_tokens(llm: LanguageModel, messages: list[dict]) -> int:
+    """Prompt tokens of `messages` by the model's own count when it has one, else words."""
+    own = getattr(llm, "count_prompt_tokens", None)
+    if callable(own):
+        return int(own(messages))
+    return sum(len(str(m.get("content") or "").split()) for m in messages)
 
 
 @runtime_checkable

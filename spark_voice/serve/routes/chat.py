@@ -13,7 +13,7 @@ from typing import Any, AsyncGenerator, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ...backends.base import LanguageModel, supports_tools, takes_kwarg
+from ...backends.base import LanguageModel, count_prompt_tokens, supports_tools, takes_kwarg
 from ...errors import ToolError
 from ...prompt import with_context
 from ...tools import ToolChoice, new_call_id, normalize_tool_choice
@@ -71,7 +71,7 @@ async def chat_completions(request: Request, state: ServerState = Depends(get_st
     deltas = prepend(has_first, first, agen)
     prompt_tokens = 0
     if (include_usage or not req.stream) and "prompt_tokens" not in stats:
-        prompt_tokens = await state.runner.call(llm.count_prompt_tokens, messages)
+        prompt_tokens = await state.runner.call(count_prompt_tokens, llm, messages)
     reply = _Reply(state, rid, t0, f"chatcmpl-{rid}", model, max_tokens, prompt_tokens,
                    bool(state.settings.llm_emit_analysis), extra, stats)
     if not req.stream:
