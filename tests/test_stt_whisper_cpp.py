@@ -150,10 +150,10 @@ def test_8khz_stereo_input(en_stt, en_audio, tmp_path):
     tr = en_stt.transcribe(path)
     assert wer(EN_TEXT, tr.text) <= 0.2, tr.text
     # a numpy (frames, channels) int16 array with its rate is accepted too (same decoded audio)
-    from spark_voice.backends.stt_whisper_cpp import _as_audio
+    from spark_voice.backends.whisper.recognizer import as_audio
 
-    arr = _as_audio((stereo * 32767).astype(np.int16), 8000)
-    ref = _as_audio(path, None)
+    arr = as_audio((stereo * 32767).astype(np.int16), 8000)
+    ref = as_audio(path, None)
     assert arr.sample_rate == ref.sample_rate == 8000
     np.testing.assert_allclose(arr.samples, ref.samples, atol=2e-4)
 
@@ -200,7 +200,8 @@ def test_missing_model_names_prepare(tmp_path):
 def test_corrupt_or_truncated_model_is_model_not_found(tmp_path):
     """whisper.cpp would load a cut file as an empty model, pywhispercpp would crash on a failed one."""
     need_module("pywhispercpp", "stt")
-    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT, check_ggml_file
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+    from spark_voice.models.ggml import check_ggml_file
 
     src = ROOT / "models" / "stt" / "ggml-tiny.en.bin"
     need(src.is_file(), f"{src} missing: run `spark-voice models prepare --small`")
@@ -279,7 +280,7 @@ def test_long_audio_is_windowed(en_stt, en_audio):
 
     clip = resample(en_audio, 16000).samples
     long = np.concatenate([clip, np.zeros(24 * 16000, np.float32), clip])
-    windows = en_stt._plan_windows(long)
+    windows = en_stt.plan_windows(long)
     assert len(windows) == 2 and all(e - s <= 30 * 16000 for s, e in windows)
     assert windows[0][1] < len(clip) + 16000 and windows[1][0] > len(clip) + 22 * 16000
     tr = en_stt.transcribe(Audio(long, 16000))

@@ -55,7 +55,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 from ..errors import BackendUnavailable, ContextOverflow, MissingDependency, ModelNotFound
 from ..harmony import MARKERS, HarmonyParser, is_harmony_metadata
@@ -453,6 +453,54 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
                 yield from self._harmony(prompt, st, kw, mode, name, offered)
             else:
                 yield from self._plain(prompt, st, kw, mode, name, offered)
+
+    # ------------------------------------------------------------------ benchmark hooks
+    @property
+    def raw_label(self) -> str:
+        """What :meth:`raw_generate` calls (for the bench report)."""
+        return ("llama_cpp Llama.generate on the backend's model (same sampling), detokenized"
+                + (", harmony final channel" if self.is_harmony else ""))
+
+    def raw_generate(self, messages: Sequence[dict]) -> Callable[[], Generator[str, None, None]]:
+        """The bare engine generation behind :meth:`stream_chat`, for ``spark-voice bench``'s LLM floor.
+
+        Loads the model and renders and tokenizes `messages` here, outside the returned call. The
+        returned callable starts ``Llama.generate`` on this backend's model with its sampling
+        parameters and yields the text of each token (llama-cpp-python's own detokenizer, UTF-8
+        safe; for gpt-oss only the harmony ``final`` channel) until an end-of-generation token
+        (other models: also a control token) or ``max_tokens``: no context fitting, tools, stop
+        strings, lock, statistics or cancellation. Closing the iterator stops the generation.
+        """
+        prompt = self.tokenize(self.render(messages))
+        llm, harmony, max_tokens, specials = self.llm, self.is_harmony, self.max_tokens, dict(self._specials)
+        is_eog, get_attr, vocab, control = self._is_eog, self._get_attr, self._vocab, self._control
+
+        def pieces() -> Generator[str, None, None]:
+            gen = llm.generate(prompt, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                               temp=self.temperature, repeat_penalty=self.repeat_penalty)
+            dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            parser = HarmonyParser(specials) if harmony else None
+            try:
+                for n, tok in enumerate(gen):
+                    if n >= max_tokens or is_eog(vocab, tok) or (not harmony and get_attr(vocab, tok) & control):
+                        return
+                    if parser is None:
+                        yield dec.decode(llm.detokenize([tok]))
+                        continue
+                    yield "".join(d.text for d in parser.feed(tok, llm.detokenize([tok]))
+                                  if d.channel == "final" and not d.recipient)
+                    if parser.done:
+                        return
+            finally:
+                gen.close()
+        return pieces
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache, so that the next prompt is evaluated in full (benchmarks: a repeated
+        prompt must not be served from the cache of the last one)."""
+        with self._gen_lock:
+            if self.llm is not None:
+                self.llm.reset()
 
     # ------------------------------------------------------------------ non-harmony models
     def _plain(self, prompt: list[int], st: dict, kw: dict, mode: str, name: str,

@@ -246,6 +246,13 @@ _FALLBACKS: dict[Role, type[Fallback]] = {"stt": SttFallback, "llm": LlmFallback
                                           "embedding": EmbedderFallback}
 
 
+def unwrap(backend: T) -> T:
+    """The engine that serves a backend's calls now: a Fallback's active backend (the configured
+    one until it fails), any other backend itself. For code that needs an engine's own extras,
+    such as the benchmark's raw-floor hooks; it does not unwrap a TtsRouter (use its ``pick``)."""
+    return backend.active if isinstance(backend, Fallback) else backend
+
+
 class TtsRouter(BaseBackend):
     """Several TTS engines as one: a request goes to the first engine whose voices speak its
     language (or that owns the requested voice)."""

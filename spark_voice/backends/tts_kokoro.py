@@ -32,7 +32,7 @@ import re
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +301,32 @@ class KokoroTTS(BaseBackend):
             "speed": np.array([self.speed], dtype=np.float32),
         })[0]
         return _trim(np.asarray(out, np.float32).ravel())
+
+    # ------------------------------------------------------------------ benchmark hook
+    raw_label = "kokoro g2p (pyopenjtalk + misaki) + onnxruntime session.run of the first phoneme piece"
+
+    def raw_synthesize(self, text: str, voice: str | None, language: str | None) -> Callable[[], object]:
+        """The bare engine work behind :meth:`synthesize`, for ``spark-voice bench``'s TTS floor.
+
+        Picks the voice and its style table here, outside the returned call. The returned
+        callable phonemizes `text` (pyopenjtalk + misaki), takes its first phoneme piece and runs
+        this backend's onnxruntime session on it once: no text chunking, trimming, pause or
+        cancellation.
+        """
+        self.load()
+        v = pick_voice(self._voices, voice, language, self.default_voice)
+        style = self._styles[v.name]
+        session, vocab = self._session, self._vocab
+        if session is None:
+            raise BackendUnavailable("the kokoro model was closed")
+
+        def first_piece() -> object:
+            piece = _phoneme_pieces(self.phonemize(text))[0]
+            tokens = [vocab[c] for c in piece if c in vocab][:MAX_TOKENS]
+            return session.run(None, {"tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                                      "style": style[min(len(tokens), len(style)) - 1].reshape(1, -1),
+                                      "speed": np.array([self.speed], dtype=np.float32)})
+        return first_piece
 
     def close(self) -> None:
         self._session = None

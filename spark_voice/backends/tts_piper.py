@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import BackendUnavailable, MissingDependency, ModelNotFound
@@ -162,6 +162,31 @@ class PiperTTS(BaseBackend):
                 if cancel is not None and cancel.is_set():
                     return
                 yield with_pause(part.audio_float_array, part.sample_rate)
+
+    # ------------------------------------------------------------------ benchmark hook
+    raw_label = "piper PiperVoice.synthesize (espeak phonemes + onnxruntime), first chunk"
+
+    def raw_synthesize(self, text: str, voice: str | None, language: str | None) -> Callable[[], object]:
+        """The bare engine call behind :meth:`synthesize`, for ``spark-voice bench``'s TTS floor.
+
+        Picks the voice (as :meth:`synthesize` does) and its loaded ``PiperVoice`` and creates the
+        ``PiperVoice.synthesize`` iterator of `text` here, outside the returned call. The returned
+        callable runs it (espeak phonemes + this backend's onnxruntime session) up to its first
+        audio chunk, then closes it: no text chunking, pause or cancellation. Call it once.
+        """
+        self.load()
+        v = pick_voice(self._voices, voice, language, self.default_voice)
+        eng = self._engine(v.name)
+        _, _, SynthesisConfig = self._import()
+        gen = eng.synthesize(text, syn_config=SynthesisConfig(length_scale=self.length_scale))
+
+        def first_chunk() -> object:
+            try:
+                return next(iter(gen), None)
+            finally:
+                if hasattr(gen, "close"):
+                    gen.close()
+        return first_chunk
 
     def close(self) -> None:
         with self._engine_lock:

@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path
+from .ggml import GGML_MAGIC
 from .tiny_gptoss import bytes_to_unicode
 
 __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
-GGML_MAGIC = 0x67676D6C
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 # dtype name -> (hparams ftype, ggml type of the big matrices)
 _FTYPES = {"f32": (0, 0), "f16": (1, 1), "q8_0": (2000 + 7, 8)}

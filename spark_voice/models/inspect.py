@@ -27,10 +27,10 @@ from typing import Any, BinaryIO
 
 from ..types import ROLES
 from ..errors import ConfigError, ModelNotFound
+from .ggml import GGML_MAGIC  # whisper.cpp legacy ggml file ("lmgg" on disk)
 
 
 GGUF_MAGIC = b"GGUF"
-GGML_MAGIC = 0x67676D6C  # whisper.cpp legacy ggml file ("lmgg" on disk)
 
 # llama.h llama_ftype
 LLAMA_FTYPES = {

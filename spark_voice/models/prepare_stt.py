@@ -34,7 +34,7 @@ def prepare_stt(models_dir: str | Path, *, force: bool = False, log: Callable[[s
     not load in pywhispercpp (the file is removed then). Without pywhispercpp installed, the
     converted files are checked structurally only (and the log says so).
     """
-    from ..backends.stt_whisper_cpp import check_ggml_file
+    from .ggml import check_ggml_file
     from ..errors import MissingDependency
     from .convert_whisper import convert_ct2_whisper, find_ct2_whisper
 
