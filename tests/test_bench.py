@@ -132,7 +132,7 @@ def test_bench_dev_profile_small_real_models(tmp_path, capsys, dev_settings):
 
 
 def test_paced_stream_holds_frames_to_real_time_until_the_final(monkeypatch):
-    from spark_voice import bench
+    from spark_voice.bench import clips
     from spark_voice.types import Audio, SttEvent
 
     class Inner:
@@ -153,9 +153,9 @@ def test_paced_stream_holds_frames_to_real_time_until_the_final(monkeypatch):
         sleeps.append(dt)
         clock[0] += dt
 
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(bench.time, "sleep", sleep)
-    s = bench.PacedStream(Inner())
+    monkeypatch.setattr(clips.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(clips.time, "sleep", sleep)
+    s = clips.PacedStream(Inner())
     frame = Audio(np.zeros(320, np.float32), 16000)  # 20 ms
     for _ in range(5):
         s.feed(frame)

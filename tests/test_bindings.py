@@ -229,7 +229,7 @@ def test_real_cpu_build(tmp_path):
     if only in (None, "llama"):
         assert out["llama"][0].startswith(str(target)) and out["llama"][1] is False
         # the fresh build runs a real model
-        from spark_voice.models.tiny_gptoss import build_tiny_gptoss
+        from tiny_gptoss import build_tiny_gptoss
 
         model = build_tiny_gptoss(tmp_path / "tiny.gguf")
         gen = ("import llama_cpp\n"

@@ -217,7 +217,7 @@ def tiny(tmp_path_factory):
     need_module("gguf", "convert")
     need_module("llama_cpp", "llm")
     from spark_voice.backends.llm_llama_cpp import LlamaCppLLM
-    from spark_voice.models.tiny_gptoss import build_tiny_gptoss
+    from tiny_gptoss import build_tiny_gptoss
 
     path = build_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny-gpt-oss.gguf")
     llm = LlamaCppLLM(path, n_ctx=2048, n_threads=2, backend="cpu", reasoning_effort="high",

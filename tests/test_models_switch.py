@@ -66,7 +66,7 @@ def write_tts(folder: Path, skip: str | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_gptoss(tmp_path_factory) -> Path:
-    from spark_voice.models.tiny_gptoss import build_tiny_gptoss
+    from tiny_gptoss import build_tiny_gptoss
 
     return Path(build_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny-gpt-oss.gguf"))
 

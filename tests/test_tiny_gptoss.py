@@ -10,7 +10,7 @@ import importlib.util
 
 import pytest
 
-from spark_voice.models.tiny_gptoss import GPT_OSS_CHAT_TEMPLATE, build_tiny_gptoss
+from tiny_gptoss import GPT_OSS_CHAT_TEMPLATE, build_tiny_gptoss
 
 for _mod, _pip in (("gguf", "pip install gguf"), ("llama_cpp", "pip install llama-cpp-python")):
     if importlib.util.find_spec(_mod) is None:

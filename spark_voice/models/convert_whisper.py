@@ -43,7 +43,7 @@ import numpy as np
 
 from ..fsutil import atomic_path
 from .ggml import GGML_MAGIC
-from .tiny_gptoss import bytes_to_unicode
+from .bpe import unicode_to_bytes
 
 __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
@@ -146,11 +146,6 @@ def _sinusoids(length: int, channels: int) -> np.ndarray:
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of GPT-2's bytes_to_unicode (BPE vocab strings -> raw bytes)."""
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
 def _read_vocab(src: Path) -> list[bytes]:
     """Ordinary BPE tokens (everything before <|endoftext|>) as raw bytes."""
     if (src / "vocabulary.txt").is_file():
@@ -164,7 +159,7 @@ def _read_vocab(src: Path) -> list[bytes]:
         raise FileNotFoundError(f"{src}: no vocabulary.txt / vocabulary.json / tokenizer.json")
     if "<|endoftext|>" not in words:
         raise ValueError(f"{src}: vocabulary has no <|endoftext|> token")
-    dec = _byte_decoder()
+    dec = unicode_to_bytes()
     return [bytes(dec[c] for c in w) if all(c in dec for c in w) else w.encode("utf-8")
             for w in words[:words.index("<|endoftext|>")]]
 

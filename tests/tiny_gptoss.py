@@ -1,5 +1,9 @@
 """Tiny random-weight gpt-oss GGUF fixture (for tests; a few hundred KB).
 
+A test fixture generator, so it lives under tests/ (no user-facing command uses it:
+``spark-voice models prepare --small`` does not build it). Import it from a test as
+``from tiny_gptoss import build_tiny_gptoss`` (tests/ is on sys.path, as for conftest).
+
 ``build_tiny_gptoss(out_path)`` writes a llama.cpp ``gpt-oss`` (LLM_ARCH_OPENAI_MOE)
 model with the same tensor set / hparam keys as the real gpt-oss-20b GGUF
 (attention sinks, q/k/v/o biases, post-attention RMS norm, MoE experts with
@@ -26,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fsutil import atomic_path
+from spark_voice.fsutil import atomic_path
+from spark_voice.models.bpe import bytes_to_unicode
 
 __all__ = ["build_tiny_gptoss", "GPT_OSS_CHAT_TEMPLATE", "HARMONY_SPECIAL_TOKENS", "TINY_GPTOSS_NAME"]
 
@@ -66,20 +71,6 @@ _MERGE_WORDS: list[str] = [
     "Reasoning", "Ġmedium", "Ġlow", "Ġhigh", "ĠYou", "ĠChatGPT", "ĠOpenAI", "ĊĊ",
     "Ġweather", "Ġtoday", "Ġtime", "Ġwhat", "Ġhow",
 ]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 byte -> printable unicode char table (same as tiktoken / HF)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _build_vocab() -> tuple[list[str], list[int], list[str], dict[str, int]]:
