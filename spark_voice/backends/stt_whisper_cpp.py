@@ -5,6 +5,6 @@ native environment); this module re-exports its public classes so that
 ``from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT`` keeps working.
 """
 
-from .whisper import WhisperCppSTT, WhisperCppStream
+from .whisper import WhisperCppStream, WhisperCppSTT
 
 __all__ = ["WhisperCppSTT", "WhisperCppStream"]

@@ -187,7 +187,8 @@ def tts_floor(tts: TextToSpeech | None, voice: str | None,
     def engine_for(language: str) -> TextToSpeech:
         b = unwrap(tts)
         if isinstance(b, TtsRouter):  # the engine that speaks this language
-            return unwrap(b.pick(voice, language))
+            picked: TextToSpeech = b.pick(voice, language)
+            return unwrap(picked)
         return b
 
     def floor(text: str, language: str) -> float:
@@ -267,9 +268,11 @@ def measure_floors(pipe: VoicePipeline, fl: Floors, clip: Clip, turn: Turn) -> d
             row["floor_first_sentence"] = r["first_sentence"]
             if fl.tts is not None and r["first_sentence"]:
                 row["floor_tts_first_chunk"] = fl.tts(r["first_sentence"], turn.language or clip.language)
-            parts = [row.get("floor_stt"), row.get("floor_llm_first_sentence"), row.get("floor_tts_first_chunk")]
-            if all(p is not None for p in parts):
-                row["floors_sum"] = round(sum(parts), 3)
+            parts: list[float | None] = [row.get("floor_stt"), row.get("floor_llm_first_sentence"),
+                                         row.get("floor_tts_first_chunk")]
+            known = [p for p in parts if p is not None]
+            if len(known) == len(parts):
+                row["floors_sum"] = round(sum(known), 3)
             fl.reset_llm()
             row.update(sequential_path(pipe, messages, turn.language or clip.language))
     except KeyboardInterrupt:

@@ -55,10 +55,10 @@ def plot_png(report: dict[str, Any], rows: list[dict[str, Any]], stages: Sequenc
         bars.append(("first audio:\nstream vs seq", sv["seq_first_audio"]["pipeline_p50_ms"],
                      sv["seq_first_audio"]["floor_p50_ms"]))
     if bars:
-        x = np.arange(len(bars))
-        ax2.bar(x - 0.2, [b[1] for b in bars], 0.4, label="pipeline (streaming)")
-        ax2.bar(x + 0.2, [b[2] for b in bars], 0.4, label="floor / sequential")
-        ax2.set_xticks(x, [b[0] for b in bars], fontsize=8)
+        pos = np.arange(len(bars))
+        ax2.bar(pos - 0.2, [b[1] for b in bars], 0.4, label="pipeline (streaming)")
+        ax2.bar(pos + 0.2, [b[2] for b in bars], 0.4, label="floor / sequential")
+        ax2.set_xticks(pos, [b[0] for b in bars], fontsize=8)
         ax2.set_ylabel("p50 ms")
         ax2.legend(fontsize=8)
         ax2.set_title("pipeline vs raw floors, streaming vs sequential")
