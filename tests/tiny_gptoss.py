@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the real gpt-oss chat template is embedded verbatim)
 """Tiny random-weight gpt-oss GGUF fixture (for tests; a few hundred KB).
 
 A test fixture generator, so it lives under tests/ (no user-facing command uses it:

@@ -231,6 +231,8 @@ def sequential_path(pipe: VoicePipeline, messages: Messages, language: str) -> d
     """The path streaming replaces: generate the whole answer, then synthesise the whole answer
     (our LLM and TTS backends, no chunker). Milliseconds from the transcript."""
     out: dict[str, float | int] = {}
+    if pipe.llm is None:
+        return out
     t0 = time.perf_counter()
     text = "".join(d.text for d in pipe.llm.stream_chat(messages) if d.channel == "final").strip()
     out["seq_llm_full"] = ms(t0)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..events import METRICS, LatencyRecorder
+from ..events import METRICS, LatencyRecorder, percentiles
 from ..fsutil import atomic_write_bytes
 from .clips import Clip
 from .floors import Floors
@@ -35,7 +35,7 @@ __all__ = ["CSV_COLUMNS", "FLOOR_MEANING", "MEANING", "TURN_METRICS", "build_rep
            "git_commit", "overhead", "paired", "results_dir", "stats", "streaming_vs_sequential", "write_files"]
 
 Row = dict[str, Any]
-Stats = dict[str, Any]  # n, p50_ms, p95_ms, max_ms
+Stats = dict[str, float]  # n, p50_ms, p95_ms, max_ms
 
 # per-turn pipeline metrics (events.METRICS + the derived end-of-speech -> first audio)
 TURN_METRICS = (*METRICS, "first_audio")
@@ -77,11 +77,9 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout holding spark_voice
 
 # ------------------------------------------------------------------------- statistics
 def stats(values: Iterable[float | None]) -> Stats | None:
-    arr = np.array([v for v in values if v is not None], dtype=np.float64)
-    if arr.size == 0:
-        return None
-    return {"n": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 3),
-            "p95_ms": round(float(np.percentile(arr, 95)), 3), "max_ms": round(float(arr.max()), 3)}
+    """n, p50, p95 and max of the known values (None: not measured); None when there is none."""
+    st = percentiles(v for v in values if v is not None)
+    return st if st["n"] else None
 
 
 def paired(rows: list[Row], pipe_key: str, floor_keys: tuple[str, ...]) -> dict[str, Any] | None:
@@ -140,7 +138,7 @@ def loadavg() -> float | None:
 
 
 def build_report(settings: Settings, rows: list[Row], recorder: LatencyRecorder, clips: list[Clip],
-                 providers: Mapping[str, Mapping[str, Any]], fl: Floors | None, *, realtime: bool, load_s: float,
+                 providers: Mapping[str, Mapping[str, object]], fl: Floors | None, *, realtime: bool, load_s: float,
                  warmup: int, interrupted: bool) -> dict[str, Any]:
     summary = recorder.summary()["metrics"]
     metrics = {m: {k: v for k, v in summary[m].items() if k != "request_ids"} for m in METRICS if m in summary}

@@ -32,8 +32,9 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
     t_load = time.perf_counter()
     pipe.load()
     load_s = round(time.perf_counter() - t_load, 3)
-    providers = {k: {"provider": b.info().provider, "endpoint": b.info().endpoint, "is_mock": b.info().is_mock}
-                 for k, b in pipe.backends().items()}
+    providers: dict[str, dict[str, object]] = {
+        k: {"provider": b.info().provider, "endpoint": b.info().endpoint, "is_mock": b.info().is_mock}
+        for k, b in pipe.backends().items()}
     fl = make_floors(pipe) if floors else None
     reset_llm = llm_cache_reset(pipe.llm)
     printer(f"spark-voice bench: profile {settings.profile}, {n} turns over {len(clips)} clip(s) "
