@@ -6,7 +6,7 @@ pipeline overhead and streaming vs sequential first audio -- the same run as `sp
     python benchmarks/bench_voice.py --profile mock -n 3            # no models
 
 Writes results/<YYYYmmdd-HHMMSS>-<commit>/{bench.json,turns.csv,latency.png}; see
-spark_voice/bench.py for what each number means. Timings only; nothing is asserted.
+spark_voice/bench/ (its package docstring) for what each number means. Timings only; nothing is asserted.
 """
 
 from __future__ import annotations

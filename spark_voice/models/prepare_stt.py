@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .ggml import check_ggml_file
+
 # ggml file name -> CTranslate2 model name known to convert_whisper.find_ct2_whisper
 STT_MODELS = {"ggml-tiny.en.bin": "tiny.en", "ggml-base.bin": "base"}
 VAD_FILE = "silero_vad.onnx"
@@ -34,7 +36,6 @@ def prepare_stt(models_dir: str | Path, *, force: bool = False, log: Callable[[s
     not load in pywhispercpp (the file is removed then). Without pywhispercpp installed, the
     converted files are checked structurally only (and the log says so).
     """
-    from .ggml import check_ggml_file
     from ..errors import MissingDependency
     from .convert_whisper import convert_ct2_whisper, find_ct2_whisper
 
