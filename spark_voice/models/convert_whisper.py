@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path
-from .ggml import GGML_MAGIC
 from .bpe import unicode_to_bytes
+from .ggml import GGML_MAGIC
 
 __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
