@@ -105,6 +105,13 @@ class LlamaCppPlacement:
     """Where a llama.cpp model runs, shared by the LLM and the embedder: needs `backend`,
     `n_gpu_layers`, `llm` (the Llama, once loaded), `_offload`, `model_path`, `endpoint_override`."""
 
+    backend: str
+    n_gpu_layers: int
+    llm: Any
+    _offload: bool
+    model_path: Path
+    endpoint_override: str
+
     @property
     def device(self) -> str:
         if self.backend != "cuda" or self.n_gpu_layers == 0:

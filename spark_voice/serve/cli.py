@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..cli_common import common, dispatch, settings_from_args
 from ..config import Settings
@@ -21,7 +21,8 @@ def _add_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_parser(subparsers: Any, common: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+               common: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = common(subparsers.add_parser("serve", help="run the HTTP/websocket server (OpenAI-compatible routes)"))
     return _add_options(p)
 
