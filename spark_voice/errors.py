@@ -25,6 +25,14 @@ class MissingDependency(BackendUnavailable, ImportError):
         self.module, self.extra = module, extra
 
 
+class EngineLoadError(BackendUnavailable):
+    """An engine failed while loading its model (e.g. inside the engine's own worker thread)."""
+
+
+class EngineLoadTimeout(EngineLoadError, TimeoutError):
+    """An engine did not finish loading within its configured time (e.g. TTS_FISH_LOAD_TIMEOUT)."""
+
+
 class ModelNotFound(BackendUnavailable, FileNotFoundError):
     """A configured model file does not exist."""
 
