@@ -78,6 +78,12 @@ def main(ckpt: Path, work: Path, out_path: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     refs = make_references(work)
     out: dict = {"torch": torch.__version__}
+    try:
+        import fish_fake  # tests/ is this script's folder
+
+        out["signatures"] = fish_fake.describe()  # of the REAL fish_speech, for the fake's check
+    except Exception as exc:
+        out["signatures"] = {"error": type(exc).__name__, "message": str(exc)}
     tts = FishTTS(ckpt, device="cpu", reference_dir=refs, threads=2, codec_config=CODEC_CONFIG,
                   load_timeout=300, **GEN)
 
