@@ -16,11 +16,12 @@ class BackendUnavailable(SparkVoiceError, RuntimeError):
 
 
 class MissingDependency(BackendUnavailable, ImportError):
-    """A native binding is not installed; the message names the extra to install."""
+    """A native binding is not installed; the message names the extra to install (or, with
+    ``install``, the exact command, for packages an extra cannot install such as fish-speech)."""
 
-    def __init__(self, module: str, extra: str, detail: str = ""):
-        msg = (f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); "
-               f"install it with: pip install 'spark-voice[{extra}]'")
+    def __init__(self, module: str, extra: str, detail: str = "", install: str | None = None):
+        how = install or f"pip install 'spark-voice[{extra}]'"
+        msg = f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); install it with: {how}"
         super().__init__(msg)
         self.module, self.extra = module, extra
 

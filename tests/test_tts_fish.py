@@ -249,7 +249,7 @@ def test_missing_checkpoint_files_listed(tmp_path):
 
 def test_missing_package_names_the_extra(monkeypatch, checkpoint):
     monkeypatch.setitem(sys.modules, "fish_speech", None)  # import fails
-    with pytest.raises(MissingDependency, match=r"spark-voice\[fish\]"):
+    with pytest.raises(MissingDependency, match=r"pip install -e <fish-speech source tree at d3df505>"):
         FishTTS(checkpoint, device="cpu").load()
 
 

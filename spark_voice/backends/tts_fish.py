@@ -77,8 +77,8 @@ TRANSCRIPT_EXTS = (".txt", ".lab")
 DEFAULT_VOICE = "default"
 SAMPLE_RATE = 44_100  # the modded DAC codec's rate; the engine reports it with every result
 PINNED_COMMIT = "d3df50503b36314a964f66cac1af1e19e95bcfa3"
-INSTALL_HINT = (f"install fish-speech {PINNED_COMMIT[:7]} editable from a source tree: "
-                f"pip install -e <fish-speech checkout at {PINNED_COMMIT[:7]}> (README 'Running on a DGX Spark')")
+INSTALL_HINT = (f"pip install -e <fish-speech source tree at {PINNED_COMMIT[:7]}> (editable: its code needs "
+                "the tree's .project-root; README 'Running on a DGX Spark')")
 
 
 def find_reference(folder: Path) -> tuple[Path, Path] | None:
@@ -111,14 +111,14 @@ def _import_fish() -> dict[str, Any]:
         from fish_speech.models.text2semantic.inference import launch_thread_safe_queue
         from fish_speech.utils import schema
     except ImportError as exc:
-        raise MissingDependency("fish_speech", "fish", f"{exc}; {INSTALL_HINT}") from None
+        raise MissingDependency("fish_speech", "fish", str(exc), install=INSTALL_HINT) from None
     except Exception as exc:
         # pyrootutils.setup_root(indicator=".project-root") raises FileNotFoundError outside a tree
         if "project-root" in str(exc) or "Project root" in str(exc):
             raise MissingDependency(
                 "fish_speech", "fish",
                 "fish-speech is installed without its source tree (fish_speech/models/dac/inference.py "
-                f"needs the .project-root file of a checkout); {INSTALL_HINT}") from None
+                "needs the .project-root file of a checkout)", install=INSTALL_HINT) from None
         raise BackendUnavailable(f"fish_speech failed to import: {type(exc).__name__}: {exc}") from exc
     return dict(torch=torch, TTSInferenceEngine=TTSInferenceEngine, load_decoder_model=load_decoder_model,
                 launch_thread_safe_queue=launch_thread_safe_queue, schema=schema)
