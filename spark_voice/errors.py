@@ -21,7 +21,8 @@ class MissingDependency(BackendUnavailable, ImportError):
 
     def __init__(self, module: str, extra: str, detail: str = "", install: str | None = None):
         how = install or f"pip install 'spark-voice[{extra}]'"
-        msg = f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); install it with: {how}"
+        msg = (f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); "
+               f"install it with: {how}")
         super().__init__(msg)
         self.module, self.extra = module, extra
 

@@ -62,7 +62,8 @@ def tiny_checkpoint(fish_python) -> Path:
 @pytest.fixture(scope="module")
 def run(fish_python, tiny_checkpoint, tmp_path_factory) -> dict:
     piper = ROOT / "models" / "tts" / "piper"
-    need(any(piper.glob("*.onnx")), f"{piper}: no piper voice (the CPU fallback); run `spark-voice models prepare --small`")
+    need(any(piper.glob("*.onnx")),
+         f"{piper}: no piper voice (the CPU fallback); run `spark-voice models prepare --small`")
     work = tmp_path_factory.mktemp("fish")
     out = work / "result.json"
     r = subprocess.run([fish_python, str(TESTS / "fish_driver.py"), str(tiny_checkpoint), str(work / "w"), str(out)],
