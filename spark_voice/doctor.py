@@ -7,6 +7,8 @@ problem comes with a concrete ``fix:`` line. ``--json`` prints the same as one J
 
 ``gpu_warnings(settings)`` is the cheap part the server's /health reports: BACKEND=cuda with a
 binding built without CUDA.
+
+Length: one report; each check is short and reads the same settings (fish-speech's install included).
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ What the adapter adds around it:
   in its constructor, and decodes through torchcodec/ffmpeg. :func:`_torchaudio_compat` provides the
   missing function (it reports no backend, so the engine picks "soundfile") and our decoder replaces
   the engine's ``load_audio`` on our engine instance; fish-speech's code is not modified.
+
+Length: one engine adapter; the bounded load and the reference handling only make sense with it.
 """
 
 from __future__ import annotations
