@@ -264,3 +264,14 @@ def test_from_settings(tmp_path):
     assert f.load_timeout == s.tts_fish_load_timeout == 600 and f.codec_config == "modded_dac_vq"
 
 
+
+
+def test_an_abandoned_stream_does_not_block_the_next_request(fish):
+    g = fish.synthesize("One sentence. Another one.")
+    assert next(g) is not None  # the caller stops consuming here and keeps the generator
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(fish.synthesize("Next request.")), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and out, "the engine lock was held across a yield"
+    g.close()

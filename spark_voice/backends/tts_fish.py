@@ -370,8 +370,19 @@ class FishTTS(BaseBackend):
             if cancel is not None and cancel.is_set():
                 return
             req = self.request(chunk, voice)
-            with self._infer_lock:  # released when this generator is closed or collected
-                yield from self._run(req, cancel)
+            it = self._run(req, cancel)
+            try:
+                while True:
+                    # the lock covers each step of the engine (its decoder is shared), never a yield:
+                    # a caller that stops consuming cannot block the next request
+                    with self._infer_lock:
+                        try:
+                            audio = next(it)
+                        except StopIteration:
+                            break
+                    yield audio
+            finally:
+                it.close()
 
     def _run(self, req, cancel: threading.Event | None) -> Iterator[Audio]:
         """One engine request: each segment as soon as it is decoded (the last one with the pause
