@@ -4,6 +4,7 @@
 #
 #   nice -n 15 bash scripts/check_cuda_build.sh            # representative set of CUDA sources
 #   CHECK_CUDA_FULL=1 nice -n 15 bash scripts/check_cuda_build.sh   # every CUDA object (hours)
+#   CHECK_CUDA_SUMMARY_ONLY=1 bash scripts/check_cuda_build.sh      # rewrite the log from the last run
 #
 # What it does:
 #  1. installs CUDA 13.0's nvcc, nvvm, cccl, crt, cudart and cublas from the package index
@@ -32,12 +33,13 @@ PRESET=${CHECK_CUDA_PRESET:-cuda-sm121}
 ARCH=${CHECK_CUDA_ARCH:-121}
 JOBS=${CHECK_CUDA_JOBS:-1}
 FULL=${CHECK_CUDA_FULL:-0}
+SUMMARY_ONLY=${CHECK_CUDA_SUMMARY_ONLY:-0}
 DATE=$(date -u +%Y-%m-%d)
 LOG=${CHECK_CUDA_LOG:-$ROOT/benchmarks/cuda-build-check/$DATE.md}
 PY=${PYTHON:-python3}
 mkdir -p "$CACHE" "$(dirname "$LOG")"
 RAW=$CACHE/raw.log
-: > "$RAW"
+[ "$SUMMARY_ONLY" = 1 ] || : > "$RAW"
 say() { echo "[check_cuda_build $(date -u +%H:%M:%S)] $*" | tee -a "$RAW" >&2; }
 die() { say "FAILED: $*"; summary_fail "$*"; exit 1; }
 
@@ -150,6 +152,7 @@ configure() {  # name srcdir extra-args...
     if [[ $a == SWAP* ]]; then swapped+=("${a#SWAP }"); else args+=("$a"); fi
   done < <(preset_args "$name" | host_filter)
   for s in "${swapped[@]}"; do SWAPPED+=("$name: $s (arm64 -march flag; on $HOST_ARCH the CPU backend keeps GGML_NATIVE=OFF defaults)"); done
+  [ "$SUMMARY_ONLY" = 1 ] && return 0
   say "configure $name: ${args[*]} $*"
   rm -rf "$bdir"
   local t0=$SECONDS
@@ -160,7 +163,7 @@ configure() {  # name srcdir extra-args...
   echo "$name|$rc|$((SECONDS - t0))|${args[*]} $*" >> "$CACHE/configure.tsv"
   return $rc
 }
-: > "$CACHE/configure.tsv"
+[ "$SUMMARY_ONLY" = 1 ] || : > "$CACHE/configure.tsv"
 configure llama "$LLAMA_SRC" -DSKBUILD_PLATLIB_DIR="$CACHE/build/llama-install" || die "configure llama (see $CACHE/configure-llama.log)"
 configure whisper "$WHISPER_SRC" || die "configure whisper (see $CACHE/configure-whisper.log)"
 
@@ -177,9 +180,9 @@ REPRESENTATIVE=(
   'ggml-cuda.dir/convert.cu.o$'
   'ggml-cuda.dir/ggml-cuda.cu.o$'
 )
-: > "$CACHE/objects.tsv"
-: > "$CACHE/flags.txt"
+[ "$SUMMARY_ONLY" = 1 ] || : > "$CACHE/objects.tsv"
 compile() {  # name
+  [ "$SUMMARY_ONLY" = 1 ] && return 0
   local name=$1 bdir=$CACHE/build/$1
   local all
   all=$(ninja -C "$bdir" -t targets all 2>/dev/null | sed -n 's/^\([^:]*\.cu\.o\): .*/\1/p' | sort -u)
@@ -218,8 +221,7 @@ compile() {  # name
     say "$name: $obj rc=$rc ${secs}s ${size}B cubins: $elfs"
   done
 }
-: > "$CACHE/counts.tsv"
-rm -f "$CACHE"/errors-*.txt
+if [ "$SUMMARY_ONLY" != 1 ]; then : > "$CACHE/counts.tsv"; rm -f "$CACHE"/errors-*.txt; fi
 compile llama
 compile whisper
 
@@ -261,7 +263,7 @@ sm121=$(grep -c 'sm_121a' "$CACHE/objects.tsv")
     echo '```'
     sed "s#$CACHE#\$CACHE#g" "$CACHE/cmd-$name.txt" 2>/dev/null
     echo '```'
-    echo "arch flags: \`$(grep -oE -- '(-arch[= ][^ ]+|-gencode[= ][^ ]+|--generate-code[= ][^ ]+)' "$CACHE/cmd-$name.txt" | sort -u | tr '\n' ' ')\`"
+    echo "arch flags: \`$(grep -oE -- '(-arch[= ][^ ]+|-gencode[= ][^ ]+|--generate-code[= ][^ ]+)' "$CACHE/cmd-$name.txt" | tr -d '"' | sort -u | tr '\n' ' ')\`"
   done
   echo
   echo "## Objects ($ok of $total compiled, $sm121 with an sm_121a cubin)"
@@ -273,6 +275,19 @@ sm121=$(grep -c 'sm_121a' "$CACHE/objects.tsv")
   while IFS='|' read -r name obj rc secs size elfs; do
     echo "| $name | \`${obj##*/}\` | $rc | $secs | $size | $elfs |"
   done < "$CACHE/objects.tsv"
+  if [ -x "$CUOBJDUMP" ]; then
+    echo
+    echo "MXFP4: block-scaled FP4 tensor-core MMA instructions in the PTX embedded next to the sm_121a cubin"
+    echo "(\`cuobjdump -ptx\`, \`mma.sync.aligned.kind::mxf4.block_scale\`; only the arch-specific 121a target has them):"
+    echo
+    while IFS='|' read -r name obj rc secs size elfs; do
+      case "$obj" in *mxfp4*)
+        [ "$rc" = 0 ] || continue
+        n=$("$CUOBJDUMP" -ptx "$CACHE/build/$name/$obj" 2>/dev/null | grep -c 'kind::mxf4')
+        echo "- $name \`${obj##*/}\`: $n" ;;
+      esac
+    done < "$CACHE/objects.tsv"
+  fi
   for f in "$CACHE"/errors-*.txt; do
     [ -f "$f" ] || continue
     echo; echo "Errors ($(basename "$f")):"; echo '```'; cat "$f"; echo '```'
