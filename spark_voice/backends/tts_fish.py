@@ -49,7 +49,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +384,7 @@ class FishTTS(BaseBackend):
             finally:
                 it.close()
 
-    def _run(self, req, cancel: threading.Event | None) -> Iterator[Audio]:
+    def _run(self, req: Any, cancel: threading.Event | None) -> Generator[Audio, None, None]:
         """One engine request: each segment as soon as it is decoded (the last one with the pause
         between sentences); the engine's final result (all segments again) only if none came."""
         pending: Audio | None = None
