@@ -8,16 +8,17 @@ Files (the layout of fishaudio/openaudio-s1-mini, what FishTTS and fish-speech's
     tokenizer.tiktoken    byte-level BPE ranks (the 256 single bytes: every text encodes)
     special_tokens.json   fish_speech.tokenizer.ALL_SPECIAL_TOKENS with their ids (as save_pretrained writes)
     model.pth             state_dict of fish_speech's own DualARTransformer built from config.json
-    codec.pth             state_dict of fish_speech's own modded DAC (configs/modded_dac_vq.yaml)
+    codec.pth             state_dict of fish_speech's own modded DAC, from a hydra config (default modded_dac_vq_tiny)
 
 Everything is built with fish-speech's classes, so the real loaders (DualARTransformer.from_pretrained,
 fish_speech.models.dac.inference.load_model) load it unchanged. The text-to-semantic model is shrunk
-through its config.json (the loader reads the architecture from there). The codec's architecture is
-fixed by the package's hydra config ``modded_dac_vq`` (load_model takes only a config *name*), so the
-codec keeps the real S1 mini size with random weights; only its float precision is halved on disk
-(bf16; the loader loads with ``assign=True`` and then ``model.to(device)``... in float32 via our
-``TTS_FISH_HALF=false`` precision handling — see below). Weights are random: the audio is noise of
-the right shape and rate, which is what the integration test checks.
+through its config.json (its loader reads the architecture from there). The codec loader takes only a
+hydra config *name* (fish-speech's --decoder-config-name), so the codec is shrunk through a config of
+its own: tests/fixtures/fish/modded_dac_vq_tiny.yaml (same classes, rate, hop and codebooks as
+modded_dac_vq; scripts/fish_env.sh puts it next to the real one), and the test runs the adapter with
+TTS_FISH_CODEC_CONFIG=modded_dac_vq_tiny. The full-size codec with random weights would also load
+(1.9 GB; ~1 min to load and ~13 s per 10 frames on 2 CPU cores), too slow for CI. Weights are random:
+the audio is noise of the right shape and rate, which is what the integration test checks.
 
 Deterministic (seeded); writes atomically into OUT_DIR (a temp folder renamed at the end).
 """
