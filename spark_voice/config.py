@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     tts_provider: str = "fish"
     tts_fallback: str = "kokoro,piper"
     tts_image: str = "spark-voice:cuda13-sm121"
-    tts_fish_ref: str = ""
+    tts_fish_ref: str = "d3df50503b36314a964f66cac1af1e19e95bcfa3"
+    tts_fish_load_timeout: float = Field(600.0, gt=0.0, le=86_400.0)
+    tts_fish_codec_config: str = Field("modded_dac_vq", pattern=r"^[A-Za-z0-9_.\-]+$")
     tts_model_local_dir: Path = Path("./models/tts/openaudio-s1-mini")
     tts_reference_local_dir: Path = Path("./references/tts")
     tts_backend: Device = "cuda"

@@ -7,6 +7,8 @@ problem comes with a concrete ``fix:`` line. ``--json`` prints the same as one J
 
 ``gpu_warnings(settings)`` is the cheap part the server's /health reports: BACKEND=cuda with a
 binding built without CUDA.
+
+Length: one report; each check is short and reads the same settings (fish-speech's install included).
 """
 
 from __future__ import annotations
@@ -34,6 +36,67 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+# ------------------------------------------------------------------------------------ fish-speech
+FISH_INSTALL = ("pip install -e <fish-speech source tree at {ref}> (the vendored copy or "
+                "git clone https://github.com/fishaudio/fish-speech && git -C fish-speech checkout {ref}); "
+                "see README 'Running on a DGX Spark'")
+
+
+def _git_head(tree) -> str | None:
+    """The commit a .git folder points at, read from its files (no git binary needed)."""
+    from pathlib import Path
+
+    git = Path(tree) / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def fish_speech_install() -> dict[str, Any]:
+    """Where fish-speech is installed, from which commit, editable or not, and its era (S1 / S2),
+    found without importing it (that would import torch)."""
+    import importlib.util
+    from pathlib import Path
+
+    out: dict[str, Any] = {"installed": False, "version": _version("fish-speech"), "tree": None,
+                           "commit": None, "editable": None, "era": None}
+    try:
+        spec = importlib.util.find_spec("fish_speech")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return out
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    tree = pkg.parent
+    out.update(installed=True, tree=str(tree), editable=(tree / ".project-root").is_file())
+    marker = tree / ".fish-speech-commit"  # written by scripts/fish_env.sh and docker/Dockerfile
+    if marker.is_file():
+        out["commit"] = marker.read_text().strip() or None
+    out["commit"] = out["commit"] or _git_head(tree)
+    if out["commit"] is None:
+        try:
+            direct = json.loads(metadata.distribution("fish-speech").read_text("direct_url.json") or "{}")
+            out["commit"] = (direct.get("vcs_info") or {}).get("commit_id")
+        except (metadata.PackageNotFoundError, ValueError):
+            pass
+    tok = pkg / "tokenizer.py"
+    s1 = tok.is_file() and "tiktoken" in tok.read_text(errors="replace") and (
+        pkg / "models" / "dac" / "modded_dac.py").is_file()
+    major = (out["version"] or "0").split(".")[0]
+    out["era"] = "s2" if (not s1 or (major.isdigit() and int(major) >= 2)) else "s1"
+    return out
 
 
 # ------------------------------------------------------------------------------------ bindings
@@ -171,12 +234,28 @@ def collect(settings, *, gpu: bool = True, models: bool = True,
                  "pip install --no-deps wheelhouse/pywhispercpp-*.whl")
     for w in gpu_warnings(settings):
         _problem(problems, "gpu_build", w.split(" (rebuild:")[0], REBUILD_CUDA, "warning")
-    if _uses(settings, "tts", "fish") and report["packages"]["fish-speech"] is None:
+    fish = fish_speech_install()
+    report["fish_speech"] = fish
+    if _uses(settings, "tts", "fish"):
         fb = settings.providers("tts")[1]
-        _problem(problems, "fish_speech", "TTS_PROVIDER uses fish but fish-speech is not installed"
-                 + (f"; TTS falls back to {', '.join(fb)}" if fb else ""),
-                 "install Fish Speech from its source tree on the Spark (see README 'Running on a DGX Spark'), "
-                 "or set TTS_PROVIDER=kokoro,piper", "warning" if fb else "error")
+        ref = settings.tts_fish_ref or "d3df50503b36314a964f66cac1af1e19e95bcfa3"
+        install = FISH_INSTALL.format(ref=ref[:7] if len(ref) == 40 else ref)
+        falls = f"; TTS falls back to {', '.join(fb)}" if fb else ""
+        if not fish["installed"]:
+            _problem(problems, "fish_speech", "TTS_PROVIDER uses fish but fish-speech is not installed" + falls,
+                     install + ", or set TTS_PROVIDER=kokoro,piper", "warning" if fb else "error")
+        else:
+            if fish["era"] == "s2":
+                _problem(problems, "fish_speech", f"fish-speech at {fish['tree']} is an S2-era release (a "
+                         "transformers tokenizer, another licence): an OpenAudio S1 mini checkpoint does not load"
+                         + falls, install, "warning" if fb else "error")
+            if not fish["editable"]:
+                _problem(problems, "fish_speech", f"fish-speech at {fish['tree']} is not a source tree (no "
+                         ".project-root): fish_speech.models.dac.inference fails to import" + falls, install,
+                         "warning" if fb else "error")
+            if fish["commit"] and ref and not fish["commit"].startswith(ref):
+                _problem(problems, "fish_speech", f"fish-speech is at commit {fish['commit'][:12]}, TTS_FISH_REF "
+                         f"pins {ref[:12]}", install, "warning")
 
     # ---- GPU
     if gpu:
@@ -248,6 +327,11 @@ def format_text(r: dict[str, Any]) -> str:
     missing = [k for k, v in pk.items() if not v]
     if missing:
         lines.append("            not installed: " + ", ".join(missing))
+    fs = r.get("fish_speech") or {}
+    if fs.get("installed"):
+        lines.append(f"fish-speech {fs.get('version')} at {fs['tree']}, commit {(fs.get('commit') or 'unknown')[:12]}, "
+                     f"{'editable source tree' if fs['editable'] else 'NOT a source tree'}, "
+                     f"{'S1 (OpenAudio S1 mini)' if fs['era'] == 's1' else 'S2-era'}")
     lb, wb = r["bindings"]["llama_cpp"], r["bindings"]["whisper_cpp"]
     if lb["installed"]:
         offload = "yes" if lb["gpu_offload"] else "no"

@@ -16,13 +16,23 @@ class BackendUnavailable(SparkVoiceError, RuntimeError):
 
 
 class MissingDependency(BackendUnavailable, ImportError):
-    """A native binding is not installed; the message names the extra to install."""
+    """A native binding is not installed; the message names the extra to install (or, with
+    ``install``, the exact command, for packages an extra cannot install such as fish-speech)."""
 
-    def __init__(self, module: str, extra: str, detail: str = ""):
+    def __init__(self, module: str, extra: str, detail: str = "", install: str | None = None):
+        how = install or f"pip install 'spark-voice[{extra}]'"
         msg = (f"{module} is not installed (or failed to import{': ' + detail if detail else ''}); "
-               f"install it with: pip install 'spark-voice[{extra}]'")
+               f"install it with: {how}")
         super().__init__(msg)
         self.module, self.extra = module, extra
+
+
+class EngineLoadError(BackendUnavailable):
+    """An engine failed while loading its model (e.g. inside the engine's own worker thread)."""
+
+
+class EngineLoadTimeout(EngineLoadError, TimeoutError):
+    """An engine did not finish loading within its configured time (e.g. TTS_FISH_LOAD_TIMEOUT)."""
 
 
 class ModelNotFound(BackendUnavailable, FileNotFoundError):

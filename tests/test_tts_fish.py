@@ -1,117 +1,31 @@
-"""Fish Speech adapter: contract test against a fake `fish_speech` module tree with the real API
-surface (launch_thread_safe_queue, dac load_model, TTSInferenceEngine.inference yielding
-header/segment/final/error results, ServeTTSRequest/ServeReferenceAudio), plus a real integration
-test that runs only where fish_speech and an OpenAudio S1 mini checkpoint are present."""
+"""Fish Speech adapter, fast: against the fake `fish_speech` of tests/fish_fake.py, whose API is
+compared with the real fish-speech by tests/test_fish_real.py (which also runs the adapter on the
+real code, on CPU, with a tiny random-weight checkpoint)."""
 
 from __future__ import annotations
 
-import importlib.util
-import queue
+import importlib.abc
 import sys
 import threading
-import types
-from dataclasses import dataclass
-from typing import Literal
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from pydantic import BaseModel, ConfigDict
+from fish_fake import FakeState, install
 
-from conftest import ROOT
 from spark_voice.backends.mock import MockTTS
 from spark_voice.backends.registry import Fallback
 from spark_voice.backends.tts_fish import CHECKPOINT_FILES, FishTTS
-from spark_voice.errors import BackendUnavailable, MissingDependency, ModelNotFound, VoiceError
-
-
-# --------------------------------------------------------------------------- the fake package
-class FakeState:
-    def __init__(self) -> None:
-        self.requests: list = []
-        self.launch: dict = {}
-        self.decoder: dict = {}
-        self.threads = None
-        self.queue: queue.Queue | None = None
-        self.streaming_engine = False  # yield header + segments like the API server's streaming mode
-
-
-def install_fake_fish(monkeypatch, state: FakeState, sample_rate: int = 44100) -> None:
-    def mod(name: str, **attrs) -> types.ModuleType:
-        m = types.ModuleType(name)
-        m.__path__ = []  # a package, so submodules import
-        m.__dict__.update(attrs)
-        monkeypatch.setitem(sys.modules, name, m)
-        return m
-
-    mod("torch", cuda=types.SimpleNamespace(is_available=lambda: False, empty_cache=lambda: None),
-        bfloat16="bfloat16", half="float16", set_num_threads=lambda n: setattr(state, "threads", n))
-
-    class ServeReferenceAudio(BaseModel):
-        audio: bytes
-        text: str
-
-    class ServeTTSRequest(BaseModel):  # the fields of fish_speech.utils.schema.ServeTTSRequest
-        model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-        text: str
-        chunk_length: int = 200
-        format: Literal["wav", "pcm", "mp3", "opus"] = "wav"
-        references: list[ServeReferenceAudio] = []
-        reference_id: str | None = None
-        seed: int | None = None
-        use_memory_cache: Literal["on", "off"] = "off"
-        normalize: bool = True
-        streaming: bool = False
-        max_new_tokens: int = 1024
-        top_p: float = 0.7
-        repetition_penalty: float = 1.2
-        temperature: float = 0.7
-
-    @dataclass
-    class InferenceResult:
-        code: Literal["header", "segment", "error", "final"]
-        audio: tuple[int, np.ndarray] | None
-        error: Exception | None
-
-    class TTSInferenceEngine:
-        def __init__(self, llama_queue, decoder_model, precision, compile) -> None:
-            self.llama_queue, self.decoder_model = llama_queue, decoder_model
-            self.precision, self.compile = precision, compile
-
-        def inference(self, req: ServeTTSRequest):
-            state.requests.append(req)
-            sr = self.decoder_model.sample_rate
-            if "FAIL" in req.text:
-                yield InferenceResult("error", None, RuntimeError("No audio generated"))
-                return
-            n = int(0.04 * len(req.text) * sr)
-            t = np.arange(n, dtype=np.float32) / sr
-            audio = (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
-            if state.streaming_engine or req.streaming:
-                yield InferenceResult("header", (sr, np.zeros(44, np.int16)), None)
-                half = n // 2
-                yield InferenceResult("segment", (sr, audio[:half]), None)
-                yield InferenceResult("segment", (sr, audio[half:]), None)
-            yield InferenceResult("final", (sr, audio[None, :]), None)  # (1, n) like a decoded batch
-
-    def launch_thread_safe_queue(checkpoint_path, device, precision, compile: bool = False):
-        state.launch = dict(checkpoint_path=checkpoint_path, device=device, precision=precision, compile=compile)
-        state.queue = queue.Queue()
-        return state.queue
-
-    def load_model(config_name, checkpoint_path, device="cuda"):
-        state.decoder = dict(config_name=config_name, checkpoint_path=checkpoint_path, device=device)
-        return types.SimpleNamespace(sample_rate=sample_rate, device=device)
-
-    mod("fish_speech")
-    mod("fish_speech.inference_engine", TTSInferenceEngine=TTSInferenceEngine, InferenceResult=InferenceResult)
-    mod("fish_speech.utils")
-    mod("fish_speech.utils.schema", ServeTTSRequest=ServeTTSRequest, ServeReferenceAudio=ServeReferenceAudio)
-    mod("fish_speech.models")
-    mod("fish_speech.models.text2semantic")
-    mod("fish_speech.models.text2semantic.inference", launch_thread_safe_queue=launch_thread_safe_queue)
-    mod("fish_speech.models.dac")
-    mod("fish_speech.models.dac.inference", load_model=load_model)
+from spark_voice.errors import (
+    AudioError,
+    BackendUnavailable,
+    EngineLoadError,
+    EngineLoadTimeout,
+    MissingDependency,
+    ModelNotFound,
+    VoiceError,
+)
 
 
 @pytest.fixture
@@ -143,7 +57,7 @@ def references(tmp_path):
 @pytest.fixture
 def fish(monkeypatch, checkpoint, references):
     state = FakeState()
-    install_fake_fish(monkeypatch, state)
+    install(monkeypatch, state)
     tts = FishTTS(checkpoint, device="cuda", reference_dir=references, threads=2)
     tts.state = state
     return tts
@@ -173,12 +87,18 @@ def test_one_request_per_sentence_with_reference(fish, references):
     chunks = list(fish.synthesize(text, language="en"))
     reqs = fish.state.requests
     assert [r.text for r in reqs] == ["Hello there.", "How are you today?", "I am fine."]
-    assert len(chunks) == 3 and all(c.sample_rate == 44100 and c.samples.ndim == 1 for c in chunks)
+    # two segments per request (the fake engine's samples), each yielded as it comes
+    assert len(chunks) == 6 and all(c.sample_rate == 44100 and c.samples.ndim == 1 for c in chunks)
     r = reqs[0]
     assert len(r.references) == 1 and r.references[0].text == "Hi, this is Bob speaking."
     assert r.references[0].audio == (references / "bob" / "sample.flac").read_bytes()
-    assert r.reference_id is None and r.use_memory_cache == "on" and r.streaming is False
-    assert r.max_new_tokens == 1024 and r.chunk_length == 200
+    assert r.reference_id is None and r.use_memory_cache == "on" and r.streaming is True
+    # the real ServeTTSRequest defaults (tests/test_fish_real.py compares the fake with the real one)
+    gen = (r.max_new_tokens, r.chunk_length, r.top_p, r.repetition_penalty, r.temperature)
+    assert gen == (1024, 200, 0.8, 1.1, 0.8)
+    # the engine decoded the reference through our decoder: mono float32 at the codec's rate
+    assert fish.state.loaded_audio and fish.state.loaded_audio[0].dtype == np.float32
+    assert abs(len(fish.state.loaded_audio[0]) - 0.5 * 44100) <= 2
 
 
 def test_voice_choice(fish, monkeypatch):
@@ -191,11 +111,19 @@ def test_voice_choice(fish, monkeypatch):
     assert fish.state.requests[-1].references[0].text.startswith("Hi, this is Bob")
 
 
-def test_streaming_engine_segments_not_duplicated(fish):
-    fish.state.streaming_engine = True
+def test_streaming_segments_not_duplicated(fish):
     chunks = list(fish.synthesize("One sentence only."))
     assert len(chunks) == 2  # the two segments; the final (their concatenation) is not repeated
-    assert sum(len(c.samples) for c in chunks) == int(0.04 * len("One sentence only.") * 44100)
+    seg = int(0.02 * len("One sentence only.") * 44100)
+    assert [len(c.samples) for c in chunks] == [seg, seg + int(0.15 * 44100)]  # pause after the last
+
+
+def test_first_chunk_before_the_text_is_done(fish):
+    gen = fish.synthesize("First sentence here. Second one follows. And a third.")
+    first = next(gen)
+    assert len(first.samples) and len(fish.state.requests) == 1  # later sentences not yet requested
+    rest = list(gen)
+    assert len(fish.state.requests) == 3 and len(rest) == 5
 
 
 def test_engine_error_raises_and_falls_back(fish):
@@ -229,7 +157,81 @@ def test_close_stops_the_worker(fish):
     fish.load()
     q = fish.state.queue
     fish.close()
-    assert q.get_nowait() is None and not fish.info().loaded
+    assert not fish.info().loaded
+    fish.state.worker.join(5)
+    assert not fish.state.worker.is_alive() and q.empty()  # it took the None and stopped
+
+
+# --------------------------------------------------------------------------- load failures
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_worker_load_failure_is_bounded_and_clear(fish):
+    fish.state.fail_in_worker = RuntimeError("CUDA out of memory (in the worker)")
+    fish.load_timeout = 30
+    t0 = time.monotonic()
+    with pytest.raises(EngineLoadError, match="failed to load in its worker thread: RuntimeError: CUDA out of memory"):
+        fish.load()
+    assert time.monotonic() - t0 < 10  # seen at once, not after the timeout
+
+
+def test_load_timeout(fish, monkeypatch):
+    import fish_speech.models.text2semantic.inference as t2s
+
+    release = threading.Event()
+    real = t2s.launch_thread_safe_queue
+
+    def slow(**kw):
+        release.wait(30)
+        return real(**kw)
+
+    monkeypatch.setattr(t2s, "launch_thread_safe_queue", slow)
+    fish.load_timeout = 0.3
+    t0 = time.monotonic()
+    with pytest.raises(EngineLoadTimeout, match="TTS_FISH_LOAD_TIMEOUT=0.3"):
+        fish.load()
+    assert time.monotonic() - t0 < 5
+    release.set()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_worker_failure_falls_back_and_health_says_why(fish):
+    fish.state.fail_in_worker = RuntimeError("bad checkpoint")
+    fb = Fallback("tts", [fish, MockTTS()])
+    out = list(fb.synthesize("Hello."))
+    assert out and fb.fallback_count == 1
+    inf = fb.info()
+    assert inf.provider == "fish" and inf.fallback_count == 1
+    assert any("worker thread" in w and "bad checkpoint" in w for w in inf.warnings)
+
+
+def test_project_root_missing_is_explained(monkeypatch, checkpoint):
+    install(monkeypatch, FakeState())
+    name = "fish_speech.models.dac.inference"
+
+    class NoProjectRoot(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == name:  # what pyrootutils.setup_root raises outside a source tree
+                raise FileNotFoundError("Project root directory not found. Indicators: .project-root")
+            return None
+
+    monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoProjectRoot(), *sys.meta_path])
+    with pytest.raises(MissingDependency, match=r"without its source tree.*\.project-root.*editable"):
+        FishTTS(checkpoint, device="cpu").load()
+
+
+def test_bad_reference_file(fish, references):
+    (references / "carol").mkdir()
+    (references / "carol" / "c.wav").write_bytes(b"RIFF....WAVEnot audio")
+    (references / "carol" / "c.txt").write_text("Carol.", encoding="utf-8")
+    names = {v.name for v in fish.voices()}
+    assert "carol" not in names  # skipped at load, with a warning naming the file
+    assert any("carol" in w and "c.wav" in w and "cannot decode" in w for w in fish.info().warnings)
+    with pytest.raises(VoiceError, match="available voices"):
+        fish.synthesize("Hi.", voice="carol")
+    # broken after load: a clear AudioError naming the file (a user error: no fallback)
+    (references / "bob" / "sample.flac").write_bytes(b"fLaC broken")
+    with pytest.raises(AudioError, match="sample.flac: cannot decode audio"):
+        list(fish.synthesize("Hello.", voice="bob"))
 
 
 # --------------------------------------------------------------------------- missing pieces
@@ -247,7 +249,7 @@ def test_missing_checkpoint_files_listed(tmp_path):
 
 def test_missing_package_names_the_extra(monkeypatch, checkpoint):
     monkeypatch.setitem(sys.modules, "fish_speech", None)  # import fails
-    with pytest.raises(MissingDependency, match=r"spark-voice\[fish\]"):
+    with pytest.raises(MissingDependency, match=r"pip install -e <fish-speech source tree at d3df505>"):
         FishTTS(checkpoint, device="cpu").load()
 
 
@@ -259,20 +261,17 @@ def test_from_settings(tmp_path):
     f = FishTTS.from_settings(s)
     assert f.checkpoint_dir == s.model_path("tts") and f.requested_device == "cpu"
     assert f.reference_dir == s.path(s.tts_reference_local_dir) and f.default_voice == "alice" and f.threads == 3
+    assert f.load_timeout == s.tts_fish_load_timeout == 600 and f.codec_config == "modded_dac_vq"
 
 
-# --------------------------------------------------------------------------- the real thing (Spark only)
-def test_real_fish_speech_if_installed():
-    from spark_voice.config import Settings
 
-    if importlib.util.find_spec("fish_speech") is None:
-        pytest.skip("fish_speech not installed (the `fish` extra; GPU boxes only)")
-    s = Settings.load(ROOT, environ={}, profile="prod")
-    ckpt = s.model_path("tts")
-    if not all((ckpt / f).is_file() for f in CHECKPOINT_FILES):
-        pytest.skip(f"no OpenAudio S1 mini checkpoint at {ckpt}")
-    tts = FishTTS.from_settings(s)
-    chunks = list(tts.synthesize("Hello. This is Fish Speech.", language="en"))
-    assert len(chunks) >= 2 and all(c.sample_rate == tts.sample_rate for c in chunks)
-    assert sum(c.duration for c in chunks) > 1.0
-    tts.close()
+
+def test_an_abandoned_stream_does_not_block_the_next_request(fish):
+    g = fish.synthesize("One sentence. Another one.")
+    assert next(g) is not None  # the caller stops consuming here and keeps the generator
+    out: list = []
+    t = threading.Thread(target=lambda: out.extend(fish.synthesize("Next request.")), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and out, "the engine lock was held across a yield"
+    g.close()
