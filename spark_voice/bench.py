@@ -214,9 +214,9 @@ class Floors:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def _time_llm_stream(pieces: Iterable[str], t0: float) -> dict:
+def _time_llm_stream(pieces: Iterable[str], t0: float, settings: Any = None) -> dict:
     """Consume a raw text stream until the first sentence the pipeline's chunker would release."""
-    chunker = SentenceChunker()
+    chunker = SentenceChunker.from_settings(settings)
     out: dict[str, Any] = {"first_token_ms": None, "first_sentence_ms": None, "first_sentence": ""}
     text = []
     for piece in pieces:
@@ -269,13 +269,13 @@ def _llm_floor(pipe) -> tuple[Callable[[list[dict]], dict] | None, Callable[[], 
     if getattr(b, "provider", "") == "llama_cpp" and not getattr(b, "is_mock", False):
         b.load()
         if getattr(b, "llm", None) is not None and hasattr(b, "render"):
-            return _llama_floor(b)
+            return _llama_floor(b, pipe.settings)
 
     def direct(messages: list[dict]) -> dict:
         t0 = time.perf_counter()
         gen = b.stream_chat(messages)
         try:
-            return _time_llm_stream((d.text for d in gen if d.channel == "final"), t0)
+            return _time_llm_stream((d.text for d in gen if d.channel == "final"), t0, pipe.settings)
         finally:
             if hasattr(gen, "close"):
                 gen.close()
@@ -283,7 +283,7 @@ def _llm_floor(pipe) -> tuple[Callable[[list[dict]], dict] | None, Callable[[], 
     return direct, lambda: None, f"{type(b).__name__}.stream_chat until the first sentence -- {what}"
 
 
-def _llama_floor(b) -> tuple[Callable[[list[dict]], dict], Callable[[], None], str]:
+def _llama_floor(b, settings: Any = None) -> tuple[Callable[[list[dict]], dict], Callable[[], None], str]:
     """Raw `Llama.generate` on the backend's own model with its sampling parameters. The prompt is
     rendered and tokenized before the clock starts (that work counts as pipeline overhead)."""
     import codecs
@@ -321,7 +321,7 @@ def _llama_floor(b) -> tuple[Callable[[list[dict]], dict], Callable[[], None], s
                     if parser.done:
                         return
         try:
-            return _time_llm_stream(pieces(), t0)
+            return _time_llm_stream(pieces(), t0, settings)
         finally:
             gen.close()
     return llm, reset, ("llama_cpp Llama.generate on the backend's model (same sampling), detokenized, "

@@ -391,7 +391,7 @@ class VoicePipeline:
     def _answer(self, llm: LanguageModel, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event,
                 out: Out) -> None:
         messages = self.messages_for(turn.transcript, hits)
-        chunker = SentenceChunker()
+        chunker = SentenceChunker.from_settings(self.settings)
         sentences: queue.Queue[str | None] = queue.Queue()
         answer: list[str] = []
         analysis: list[str] = []
