@@ -363,7 +363,8 @@ class VoicePipeline:
             out(Stage.STT_FINAL, ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
         else:
             t = t_in if ev.kind in ("speech_start", "speech_end") else None
-            out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3))
+            out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3),
+                **endpoint_data(ev))
 
     def _retrieve(self, query: str, out: Out) -> list[Hit]:
         if self.retriever is None:
@@ -505,6 +506,13 @@ def _is_spoken(delta: Any) -> bool:
     if getattr(delta, "recipient", ""):
         return False
     return delta.channel in ("final", "commentary")
+
+
+def endpoint_data(ev: SttEvent) -> dict[str, Any]:
+    """speech_end: how long the endpointing waited after the voice stopped, and why it ended."""
+    if ev.kind != "speech_end":
+        return {}
+    return {"silence_ms": ev.silence_ms, "reason": ev.reason}
 
 
 def _voice_language(sentence: str, turn_language: str) -> str:

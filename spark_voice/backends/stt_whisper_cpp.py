@@ -81,6 +81,7 @@ PAD_TO_S = 1.05            # whisper.cpp skips input shorter than 1 s: pad short
 PREROLL_S = 0.3            # audio kept before the VAD start of an utterance
 PARTIAL_MIN_CTX = 384      # encoder frames (20 ms each) for partial decodes, at least ...
 PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to 64 frames
+FRAME_MS = 32.0            # one VAD frame (512 samples at 16 kHz)
 
 
 def _initial_env(name: str) -> bool | None:
@@ -269,8 +270,14 @@ class WhisperCppSTT(BaseBackend):
     def __init__(self, model_path: str | os.PathLike, *, language: str = "ja", n_threads: int = 2,
                  vad_model: str | os.PathLike | None = None, vad_threshold: float = 0.5,
                  partial_interval_ms: int = 500, silence_ms: int = 500, max_utterance_s: float = 30.0,
-                 use_gpu: bool = False, endpoint: str = "") -> None:
+                 use_gpu: bool = False, endpoint: str = "", final_ctx: str = "full",
+                 final_ctx_margin_s: float = 1.0, end_of_turn=None) -> None:
         super().__init__()
+        # final decode: "full" = whisper's 30 s encoder window, "fitted" = audio_ctx fitted to the
+        # utterance plus final_ctx_margin_s (STT_FINAL_CTX, STT_FINAL_CTX_MARGIN_S)
+        self.final_ctx, self.final_ctx_margin_s = final_ctx, float(final_ctx_margin_s)
+        # a callable returning a fresh spark_voice.turn.EndOfTurn per stream (None: fixed silence)
+        self.end_of_turn = end_of_turn
         self.model_path = Path(model_path)
         self.language = (language or "auto").strip().lower()
         self.n_threads = int(n_threads)
@@ -306,8 +313,15 @@ class WhisperCppSTT(BaseBackend):
                   vad_model=vad, vad_threshold=settings.stt_vad_threshold,
                   partial_interval_ms=settings.stt_partial_interval_ms, silence_ms=settings.stt_silence_ms,
                   max_utterance_s=settings.stt_max_utterance_s, use_gpu=settings.backend == "cuda",
-                  endpoint=settings.stt_endpoint)
+                  endpoint=settings.stt_endpoint, final_ctx=settings.stt_final_ctx,
+                  final_ctx_margin_s=settings.stt_final_ctx_margin_s)
         stt._vad_error = vad_error
+        if settings.stt_turn_detection != "off":
+            def end_of_turn():
+                from ..turn import build_end_of_turn
+
+                return build_end_of_turn(settings)
+            stt.end_of_turn = end_of_turn
         return stt
 
     # ------------------------------------------------------------- lifecycle
@@ -408,6 +422,18 @@ class WhisperCppSTT(BaseBackend):
                     audio_ctx=0, max_tokens=0, temperature=0.0, temperature_inc=0.2,
                     print_progress=False, print_realtime=False, print_timestamps=False, print_special=False)
 
+    def fitted_ctx(self, seconds: float, margin_s: float | None = None) -> int:
+        """Encoder frames (20 ms each) for `seconds` of audio plus a margin, rounded up to 64 (max 1500)."""
+        margin = self.final_ctx_margin_s if margin_s is None else margin_s
+        return min(1500, max(PARTIAL_MIN_CTX, math.ceil((seconds + margin) * 50 / 64) * 64))
+
+    def _final_params(self, language: str, seconds: float) -> dict[str, Any]:
+        """A whole-file / final decode: full context, or fitted to the audio (STT_FINAL_CTX=fitted)."""
+        p = self._full_params(language)
+        if self.final_ctx == "fitted" and seconds <= WINDOW_S:
+            p["audio_ctx"] = self.fitted_ctx(seconds)
+        return p
+
     def _partial_params(self, language: str, seconds: float) -> dict[str, Any]:
         ctx = min(1500, max(PARTIAL_MIN_CTX, math.ceil((seconds + PARTIAL_MARGIN_S) * 50 / 64) * 64))
         p = self._full_params(language)
@@ -430,7 +456,8 @@ class WhisperCppSTT(BaseBackend):
         if len(samples) < int(PAD_TO_S * SR):  # whisper.cpp returns nothing for input under 1 s
             samples = np.concatenate([samples, np.zeros(int(PAD_TO_S * SR) - len(samples), np.float32)])
         samples = np.ascontiguousarray(samples, dtype=np.float32)
-        params = self._partial_params(language, len(samples) / SR) if partial else self._full_params(language)
+        params = (self._partial_params(language, len(samples) / SR) if partial
+                  else self._final_params(language, len(samples) / SR))
         with self._infer_lock:
             model = self._model
             if model is None:
@@ -566,22 +593,33 @@ class WhisperCppSTT(BaseBackend):
         for this stream only.
         """
         self.load()
+        eot = None
+        if self.end_of_turn is not None and not silence_ms:
+            try:
+                eot = self.end_of_turn()
+            except Exception as exc:  # no model: the fixed silence still ends turns
+                self._warn(f"end-of-turn detection off ({exc}); turns end after STT_SILENCE_MS of silence")
         return WhisperCppStream(self, self._check_language(language or self.language),
                                 partial_interval_ms=partial_interval_ms or self.partial_interval_ms,
                                 silence_ms=silence_ms or self.silence_ms,
-                                max_utterance_s=max_utterance_s or self.max_utterance_s)
+                                max_utterance_s=max_utterance_s or self.max_utterance_s, end_of_turn=eot)
 
 
 class WhisperCppStream:
     """One live audio stream; see the module docstring. Not thread-safe (one feeder)."""
 
     def __init__(self, stt: WhisperCppSTT, language: str, *, partial_interval_ms: int, silence_ms: int,
-                 max_utterance_s: float) -> None:
+                 max_utterance_s: float, end_of_turn=None) -> None:
         from ..audio.vad import SpeechDetector
 
         self.stt, self.language = stt, language
         self._vad = stt._get_vad().new_state()
-        self._det = SpeechDetector(threshold=stt.vad_threshold, min_silence_ms=silence_ms)
+        # with an end-of-turn model the VAD reports short pauses and the model decides (see turn/)
+        self.end_of_turn = end_of_turn
+        self._silence_ms = end_of_turn.short_ms if end_of_turn is not None else silence_ms
+        self._det = SpeechDetector(threshold=stt.vad_threshold, min_silence_ms=self._silence_ms)
+        self._pause_at = 0
+        self._voiced = 0           # VAD frames at or above the threshold in the current utterance
         self._partial_step = int(partial_interval_ms * SR / 1000)
         self._max_utt = int(max_utterance_s * SR)
         self._preroll = int(PREROLL_S * SR)
@@ -641,14 +679,35 @@ class WhisperCppStream:
             self._frames_end += FRAME
             end = self._frames_end
             ev = self._det.feed(float(p))
+            if p >= self.stt.vad_threshold:
+                self._voiced += 1
+            eot = self.end_of_turn
+            if ev == "start" and eot is not None and eot.holding and self._utt_start is not None:
+                eot.resume()  # the user went on after a mid-turn pause: the same utterance continues
+                continue
+            if ev == "end" and eot is not None and self._utt_start is not None:
+                self._pause_at = end - self._det._min_silence * FRAME
+                if not eot.on_pause(self._slice(self._utt_start, end)):
+                    continue  # incomplete: keep listening up to the long silence
+                ev = "turn_end"
+            if (ev is None and eot is not None and eot.holding and self._utt_start is not None
+                    and eot.waited((end - self._pause_at) * 1000.0 / SR)):
+                ev = "turn_end"
             if ev == "start":
+                self._voiced = 0
                 self._utt_start = max(self._base, end - FRAME - self._preroll)
                 self._next_partial = end + self._partial_step
                 self._last_partial, self._partial_lang = "", ""
                 events.append(SttEvent("speech_start", audio_time=end / SR, language=self._lang_hint()))
-            elif ev == "end":
-                events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint()))
+            elif ev in ("end", "turn_end"):
+                waited = self._det._min_silence * FRAME if eot is None else end - self._pause_at
+                reason = "silence" if eot is None else ("complete" if eot.last_probability is not None
+                                                        and eot.last_probability >= eot.threshold else "timeout")
+                events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(),
+                                       silence_ms=round(waited * 1000.0 / SR, 1), reason=reason))
                 events += self._final(end)
+            elif eot is not None and eot.holding:
+                pass  # a held pause: no partials, no utterance cap
             elif self._utt_start is not None:
                 if end - self._utt_start >= self._max_utt:
                     events += self._final(end)  # cap reached: finalise, the speech goes on
@@ -665,6 +724,11 @@ class WhisperCppStream:
             keep_from = max(self._base, self._frames_end - self._preroll)
             self._drop_before(keep_from)
         return events
+
+    @property
+    def voiced_ms(self) -> float:
+        """Voiced audio (VAD at or above the threshold) of the utterance in progress, in ms."""
+        return self._voiced * FRAME_MS if self._utt_start is not None else 0.0
 
     def _lang_hint(self) -> str:
         return "" if self.language == "auto" else self.language
@@ -725,8 +789,10 @@ class WhisperCppStream:
             events += self._push(tail)
         end = self._base + self._len
         if self._utt_start is not None:
-            events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint()))
+            events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(), reason="flush"))
             events += self._final(end)
+        if self.end_of_turn is not None:
+            self.end_of_turn.reset()
         self._det.reset()
         self._vad.reset()
         self._len = 0
