@@ -90,6 +90,11 @@ def add_parser(subparsers, common) -> None:
                         "else STT_LANGUAGE)")
     p.add_argument("--warmup", type=int, default=2, help="un-recorded warm-up turns first (default 2)")
     p.add_argument("--no-plot", action="store_true", help="do not write latency.png")
+    p.add_argument("--compare", action="store_true",
+                   help="also compare turn-taking side by side: today's path vs the new one (end of speech -> "
+                        "first audio, Japanese first audio, pause and back-channel clips) and the STT final "
+                        "decode (full vs fitted context vs faster-whisper int8); see spark_voice/bench_turn.py")
+    p.add_argument("--compare-rounds", type=int, default=3, help="rounds of the --compare turns (default 3)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -109,7 +114,7 @@ def cmd_bench(args) -> int:
         raise SparkVoiceError("-n must be at least 1")
     report = run_bench(s, n=args.n, samples=args.samples, realtime=args.realtime, out=args.out,
                        floors=not args.no_floors, language=args.language, warmup=max(0, args.warmup),
-                       plot=not args.no_plot)
+                       plot=not args.no_plot, compare=args.compare, compare_rounds=max(1, args.compare_rounds))
     return 1 if report["errors"] == report["n"] else 0
 
 
@@ -484,7 +489,8 @@ def results_dir(out: Path, commit: str) -> Path:
 # --------------------------------------------------------------------------------- the run
 def run_bench(settings, *, n: int = 15, samples: Path | None = None, realtime: bool = False,
               out: Path = Path("results"), floors: bool = True, language: str | None = None, warmup: int = 2,
-              plot: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
+              plot: bool = True, printer: Callable[[str], None] = print, compare: bool = False,
+              compare_rounds: int = 3) -> dict[str, Any]:
     """Run the benchmark and write its files; returns the report (also written as bench.json)."""
     from .pipeline import VoicePipeline
 
@@ -522,6 +528,7 @@ def run_bench(settings, *, n: int = 15, samples: Path | None = None, realtime: b
     rows: list[dict[str, Any]] = []
     run_tag = uuid.uuid4().hex[:6]
     interrupted = False
+    comparisons: dict[str, Any] = {}
     try:
         for i in range(n):
             clip = clips[i % len(clips)]
@@ -551,6 +558,10 @@ def run_bench(settings, *, n: int = 15, samples: Path | None = None, realtime: b
             rows.append(row)
             printer(f"[{i + 1}/{n}] {rid} {clip.name}: " + ", ".join(
                 f"{m} {lat[m]:.0f}" for m in TURN_METRICS if m in lat) + " ms")
+        if compare:
+            from .bench_turn import run_compare
+
+            comparisons = run_compare(pipe, settings, rounds=compare_rounds, printer=printer)
     except KeyboardInterrupt:
         interrupted = True
         printer("interrupted: writing what was measured so far")
@@ -558,12 +569,19 @@ def run_bench(settings, *, n: int = 15, samples: Path | None = None, realtime: b
         pipe.close()
 
     report = _report(settings, rows, recorder, clips, providers, fl, realtime, load_s, warmup, interrupted)
+    if comparisons:
+        report["comparisons"] = comparisons
     commit, dirty = git_commit()
     report["run"].update(commit=commit, dirty=dirty)
     dest = results_dir(out, commit)
     report["files"] = _write(dest, report, rows, plot)
     for line in format_report(report):
         printer(line)
+    if comparisons:
+        from .bench_turn import format_compare
+
+        for line in format_compare(comparisons):
+            printer(line)
     return report
 
 

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     stt_turn_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     stt_turn_short_silence_ms: int = Field(200, ge=64, le=10_000)
     stt_turn_long_silence_ms: int = Field(2000, ge=100, le=30_000)
-    stt_turn_threads: int = Field(1, ge=1, le=64)
+    stt_turn_threads: int = Field(2, ge=1, le=64)
     barge_in_policy: Literal["smart", "immediate"] = "smart"
     barge_in_min_speech_ms: int = Field(800, ge=0, le=60_000)
     barge_in_resume_ms: int = Field(1500, ge=0, le=60_000)

@@ -66,7 +66,8 @@ def _stt(model: str, language: str, **kw):
 
 @pytest.fixture(scope="module")
 def en_stt():
-    stt = _stt("ggml-tiny.en.bin", "en")
+    # the fixed-silence endpointing (the end-of-turn model is tested in tests/test_turn_real.py)
+    stt = _stt("ggml-tiny.en.bin", "en", STT_TURN_DETECTION="off")
     yield stt
     stt.close()
 

@@ -240,3 +240,45 @@ def test_immediate_policy_cancels_on_any_onset(mock_settings):
         sess.feed(f)
     sess.wait(20)
     assert any(e.stage == "turn.barge_in" for e in events) and not any(e.stage == "turn.paused" for e in events)
+
+
+# ------------------------------------------------------------------ /v1/voice
+def test_ws_backchannel_pauses_and_resumes(tmp_path):
+    import asyncio
+    import json
+
+    import websockets
+    from test_serve import Server, _send_audio, _ws_events, _ws_url, settings_for
+
+    from spark_voice.serve.app import create_app
+    from spark_voice.backends.mock import MockEmbedder
+
+    s = settings_for(tmp_path)
+    stt = ScriptedSTT(backchannel="uh-huh")
+    stt.language = "en"
+    pipe = VoicePipeline(stt, MockLLM(token_delay=0.02, answer="It will be sunny tomorrow. " * 12), MockTTS(),
+                         settings=s, language="en")
+
+    async def go(url):
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.recv()  # session.created
+            await ws.send(json.dumps({"type": "start", "language": "en", "format": "pcm"}))
+            await _send_audio(ws, np.concatenate([silence(0.2), tone(1.0), silence(0.4)]))
+            first = await _ws_events(ws, lambda e: e["type"] == "llm.sentence")
+            await _send_audio(ws, np.concatenate([tone(0.3, freq=330.0), silence(0.4)]))  # "uh-huh"
+            rest = await _ws_events(ws, lambda e: e["type"] == "turn.done", timeout=30)
+            return first + rest
+
+    with Server(create_app(s, pipe, embedder=MockEmbedder())) as srv:
+        srv.wait_ready()
+        events = asyncio.run(go(_ws_url(srv)))
+    kinds = [e["type"] for e in events]
+    assert "turn.paused" in kinds and "turn.resumed" in kinds and "turn.barge_in" not in kinds, kinds
+    assert kinds.index("turn.paused") < kinds.index("turn.resumed")
+    done = events[-1]
+    assert not done.get("cancelled")
+    rid = done["request_id"]
+    assert len({e["request_id"] for e in events if e["type"] == "turn.done"}) == 1
+    chunks = [e for e in events if e["type"] == "tts.chunk" and e["request_id"] == rid]
+    assert chunks and [c["seq"] for c in chunks] == sorted(c["seq"] for c in chunks)  # in order, none lost
+    assert sum(c["bytes"] for c in chunks) > 0

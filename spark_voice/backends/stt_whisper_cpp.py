@@ -34,7 +34,17 @@ context (``audio_ctx``), one segment, no timestamps, no temperature fallback and
 their cost grows with the utterance, not with 30 s. An utterance reaching STT_MAX_UTTERANCE_S is
 finalised there and a new one continues. At the end of speech come ``speech_end`` and ``final``;
 the final is decoded with exactly the parameters of :meth:`WhisperCppSTT.transcribe`, so a
-streamed clip and the whole clip give the same text. An utterance whose final text is empty
+streamed clip and the whole clip give the same text. Those are STT_FINAL_CTX=fitted by default:
+audio up to 30 s is decoded with an encoder context fitted to it (the audio plus
+STT_FINAL_CTX_MARGIN_S, at least 512 frames = 10.24 s) as one segment, instead of whisper's full
+30 s window (``full``); the encoder cost scales with the context.
+
+End of turn: with an end-of-turn model (STT_TURN_DETECTION=on, :mod:`spark_voice.turn`) the VAD
+reports pauses of STT_TURN_SHORT_SILENCE_MS; the model hears the utterance and either ends the
+turn there (``speech_end`` ``reason="complete"``) or the stream keeps listening: speech continues
+the same utterance, and STT_TURN_LONG_SILENCE_MS of silence ends it (``reason="timeout"``).
+Without it the turn ends after STT_SILENCE_MS (``reason="silence"``). ``speech_end`` carries the
+silence waited after the voice stopped (``silence_ms``). An utterance whose final text is empty
 (noise) gives ``speech_end`` without ``final``. ``audio_time`` of an event is the seconds of input
 consumed when it was detected.
 
@@ -82,6 +92,10 @@ PREROLL_S = 0.3            # audio kept before the VAD start of an utterance
 PARTIAL_MIN_CTX = 384      # encoder frames (20 ms each) for partial decodes, at least ...
 PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to 64 frames
 FRAME_MS = 32.0            # one VAD frame (512 samples at 16 kHz)
+# Fitted finals: at least 512 encoder frames (10.24 s). Measured on 12 clips of our voices (6 en, 6 ja,
+# 1.3-5 s): 384 frames raised the Japanese CER from 0.049 to 0.107 (駅まで -> エキマで), 512 and more
+# matched the full 1500-frame decode (WER en 0.062, CER ja 0.049); see README Performance.
+FINAL_MIN_CTX = 512
 
 
 def _initial_env(name: str) -> bool | None:
@@ -423,15 +437,18 @@ class WhisperCppSTT(BaseBackend):
                     print_progress=False, print_realtime=False, print_timestamps=False, print_special=False)
 
     def fitted_ctx(self, seconds: float, margin_s: float | None = None) -> int:
-        """Encoder frames (20 ms each) for `seconds` of audio plus a margin, rounded up to 64 (max 1500)."""
+        """Encoder frames (20 ms each) for a final of `seconds`: the audio plus a margin, rounded up to
+        64, at least FINAL_MIN_CTX, at most 1500 (whisper's whole window)."""
         margin = self.final_ctx_margin_s if margin_s is None else margin_s
-        return min(1500, max(PARTIAL_MIN_CTX, math.ceil((seconds + margin) * 50 / 64) * 64))
+        return min(1500, max(FINAL_MIN_CTX, math.ceil((seconds + margin) * 50 / 64) * 64))
 
     def _final_params(self, language: str, seconds: float) -> dict[str, Any]:
-        """A whole-file / final decode: full context, or fitted to the audio (STT_FINAL_CTX=fitted)."""
+        """A whole-file / final decode: full context, or (STT_FINAL_CTX=fitted) an encoder context
+        fitted to the audio and one segment (with a short context whisper.cpp otherwise seeks on
+        and may write a second, hallucinated segment such as "Thank you." over the tail)."""
         p = self._full_params(language)
         if self.final_ctx == "fitted" and seconds <= WINDOW_S:
-            p["audio_ctx"] = self.fitted_ctx(seconds)
+            p.update(audio_ctx=self.fitted_ctx(seconds), single_segment=True)
         return p
 
     def _partial_params(self, language: str, seconds: float) -> dict[str, Any]:
