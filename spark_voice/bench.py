@@ -561,7 +561,7 @@ def run_bench(settings, *, n: int = 15, samples: Path | None = None, realtime: b
         if compare:
             from .bench_turn import run_compare
 
-            comparisons = run_compare(pipe, settings, rounds=compare_rounds, printer=printer)
+            comparisons = run_compare(pipe, settings, rounds=compare_rounds, paced=PacedSTT, printer=printer)
     except KeyboardInterrupt:
         interrupted = True
         printer("interrupted: writing what was measured so far")

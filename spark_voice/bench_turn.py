@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .audio.io import load_audio
-from .backends.base import SAMPLE_RATE_STT, Audio
+from .types import SAMPLE_RATE_STT, Audio
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "examples" / "audio"
@@ -66,9 +66,11 @@ def load_clip(name: str) -> Audio | None:
 
 # ------------------------------------------------------------------ variants of one pipeline
 def _stt_backend(pipe):
-    from .bench import _unwrap
-
-    return _unwrap(pipe.stt)
+    """The engine behind the pipeline's STT: through a pacing wrapper (`_stt`) and a Fallback (its active one)."""
+    b = getattr(pipe.stt, "_stt", pipe.stt)
+    if hasattr(b, "backends") and hasattr(b, "fallback_count"):
+        b = getattr(b, "active", None) or b.backends[0]
+    return b
 
 
 def use_variant(pipe, settings, new: bool) -> None:
@@ -107,15 +109,13 @@ def _turn_metrics(turn) -> dict[str, Any]:
     return out
 
 
-def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, realtime: bool,
+def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: Callable[[Any], Any] | None,
                   printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """(a) + (c) + early cut-offs: old vs new path on the same clips, alternating."""
-    from .bench import PacedSTT
-
-    inner = pipe.stt._stt if isinstance(pipe.stt, PacedSTT) else pipe.stt
-    pipe.stt = inner
-    if realtime:
-        pipe.stt = PacedSTT(inner)
+    """(a) + (c) + early cut-offs: old vs new path on the same clips, alternating. `paced` wraps an STT
+    backend so that its streams get audio at real-time pace (spark_voice.bench.PacedSTT)."""
+    realtime = paced is not None
+    inner = getattr(pipe.stt, "_stt", pipe.stt)  # not paced twice
+    pipe.stt = paced(inner) if paced is not None else inner
     rows: list[dict[str, Any]] = []
     try:
         for r in range(rounds):
@@ -141,9 +141,9 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, realtime
     out: dict[str, Any] = {"realtime": realtime, "rounds": rounds, "turns": rows}
     for lang in ("en", "ja"):
         for key in ("eos_first_audio", "first_audio", "tts_start", "final", "silence_ms"):
-            old, new = _p50(pick("old", lang, key=key)), _p50(pick("new", lang, key=key))
-            if old is not None or new is not None:
-                out.setdefault(lang, {})[key] = {"old_p50": old, "new_p50": new, "ratio": _ratio(new, old)}
+            p_old, p_new = _p50(pick("old", lang, key=key)), _p50(pick("new", lang, key=key))
+            if p_old is not None or p_new is not None:
+                out.setdefault(lang, {})[key] = {"old_p50": p_old, "new_p50": p_new, "ratio": _ratio(p_new, p_old)}
     out["early_cutoffs"] = {p: sum(1 for x in rows if x["path"] == p and x["clip"].startswith("pause")
                                    and x["finals"] > 1) for p in ("old", "new")}
     out["pause_turns"] = {p: sum(1 for x in rows if x["path"] == p and x["clip"].startswith("pause"))
@@ -155,7 +155,7 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, realtime
 def backchannel_check(pipe, settings, question: Audio, backchannel: Audio, language: str,
                       printer: Callable[[str], None] = print) -> dict[str, Any]:
     """A VoiceSession answers `question`; `backchannel` is spoken over the answer: count barge-ins."""
-    from .pipeline import VoiceSession
+    from .session import VoiceSession
 
     use_variant(pipe, settings, True)
     pipe.language = language
@@ -242,7 +242,7 @@ def compare_final(stt, clips: dict[str, tuple[Audio, str, str]], rounds: int = 3
     times: dict[str, dict[str, list[float]]] = {d: {c: [] for c in clips} for d in decoders}
     texts: dict[str, dict[str, str]] = {d: {} for d in decoders}
     try:
-        for name, (audio, _ref, lang) in clips.items():  # warm-up: first calls load / allocate
+        for audio, _ref, lang in clips.values():  # warm-up: first calls load / allocate
             for run in decoders.values():
                 run(audio, lang)
             break
@@ -287,7 +287,9 @@ def margin_sweep(stt, clips: dict[str, tuple[Audio, str, str]], margins=(0.0, 0.
     try:
         for m in (None, *margins):
             stt.final_ctx, stt.final_ctx_margin_s = ("full", 0.0) if m is None else ("fitted", float(m))
-            en, ja, ms = [], [], []
+            en: list[float] = []
+            ja: list[float] = []
+            ms: list[float] = []
             for _name, (audio, ref, lang) in clips.items():
                 t0 = time.perf_counter()
                 text = stt.transcribe(audio, lang).text
@@ -338,13 +340,14 @@ def _mean(xs, nd: int = 1) -> float | None:
 
 
 # ------------------------------------------------------------------ all of it
-def run_compare(pipe, settings, *, rounds: int = 3, realtime: bool = True, final_rounds: int = 3,
+def run_compare(pipe, settings, *, rounds: int = 3, paced: Callable[[Any], Any] | None = None, final_rounds: int = 3,
                 faster_whisper: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Everything above on one loaded pipeline; `paced`: see :func:`compare_paths` (None: as fast as possible)."""
     clips = {n: a for n in ("question_en", "pause_en", "question_ja", "pause_ja") if (a := load_clip(n)) is not None}
     report: dict[str, Any] = {}
     printer(f"compare (a, c): today's path vs new, {rounds} round(s), "
-            f"{'real-time pace' if realtime else 'as fast as possible'}")
-    report["paths"] = compare_paths(pipe, settings, clips, rounds, realtime, printer)
+            f"{'real-time pace' if paced is not None else 'as fast as possible'}")
+    report["paths"] = compare_paths(pipe, settings, clips, rounds, paced, printer)
     bc = []
     for lang in ("ja", "en"):
         q, b = load_clip(f"question_{lang}"), load_clip(f"backchannel_{lang}")
@@ -374,8 +377,8 @@ def format_compare(c: dict[str, Any]) -> list[str]:
                 lines.append(f"  {label:<8} {what:<56} old {x['old_p50']} ms  new {x['new_p50']} ms  "
                              f"ratio {x['ratio']}")
     if paths:
-        lines.append(f"  early cut-offs on the pause clips: old {paths['early_cutoffs']['old']}/"
-                     f"{paths['pause_turns']['old']}, new {paths['early_cutoffs']['new']}/{paths['pause_turns']['new']}")
+        cut, n = paths["early_cutoffs"], paths["pause_turns"]
+        lines.append(f"  early cut-offs on the pause clips: old {cut['old']}/{n['old']}, new {cut['new']}/{n['new']}")
     if "backchannel" in c:
         lines.append(f"  false barge-ins on the back-channel clips: {c['backchannel']['false_barge_ins']} "
                      f"({len(c['backchannel']['runs'])} run(s))")

@@ -147,8 +147,9 @@ class Settings(BaseSettings):
     barge_in_policy: Literal["smart", "immediate"] = "smart"
     barge_in_min_speech_ms: int = Field(800, ge=0, le=60_000)
     barge_in_resume_ms: int = Field(1500, ge=0, le=60_000)
-    barge_in_backchannels: str = ("はい,うん,ええ,そう,そうそう,そうですね,そうですか,なるほど,へえ,へー,ほう,ふーん,うんうん,"
-                                  "はいはい,ああ,あー,はーい,了解,確かに,yeah,yes,yep,yup,uh-huh,uh huh,mm-hmm,mhm,mm,hmm,"
+    barge_in_backchannels: str = ("はい,うん,ええ,そう,そうそう,そうですね,そうですか,なるほど,"
+                                  "へえ,へー,ほう,ふーん,うんうん,はいはい,ああ,あー,はーい,了解,確かに,"
+                                  "yeah,yes,yep,yup,uh-huh,uh huh,mm-hmm,mhm,mm,hmm,"
                                   "okay,ok,right,sure,i see,got it,alright,all right,cool,nice,wow,oh")
 
     # TTS

@@ -50,7 +50,7 @@ class VoiceSession:
         self.turns: list[Turn] = []
         self.policy = barge_in if barge_in is not None else BargeInPolicy.from_settings(pipeline.settings)
         self._audio_t = 0.0                 # seconds of audio fed so far
-        self._intr = None                   # the possible interruption in progress (turn.interrupt)
+        self._intr: Interruption | None = None  # the possible interruption in progress
         self._utt_over_answer = False       # the current utterance began while the assistant answered
         self._out_lock = threading.Lock()   # orders held / live tts.chunk events
         self._paused_rid: str | None = None
@@ -105,7 +105,7 @@ class VoiceSession:
             # audio already sent but not yet played is paused by the client (talk: the speaker)
             self._play_left = max(self._play_until - time.perf_counter(), 0.0)
             self.stats["paused"] += 1
-            self.emit(Event(Stage.TURN_PAUSED, rid, now, data={"by": self._rid}))
+            self.emit(Event(Stage.TURN_PAUSED, rid or "", now, data={"by": self._rid}))
 
     def _resume(self, reason: str) -> None:
         with self._out_lock:

@@ -6,17 +6,24 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from conftest import tone
 from spark_voice import Audio, VoicePipeline
 from spark_voice.backends.mock import MockLLM, MockSTT, MockTTS
-from spark_voice.pipeline import VoiceSession
+from spark_voice.session import VoiceSession
 from spark_voice.turn import EndOfTurn, MockTurnModel
 from spark_voice.turn.features import N_FRAMES, N_MELS, WINDOW_SAMPLES, last_window, log_mel, mel_filters
 from spark_voice.turn.interrupt import DEFAULT_BACKCHANNELS, BargeInPolicy, Interruption
 
 SR = 16000
+
+
+def falling(seconds: float = 1.0) -> np.ndarray:
+    """A tone whose level falls over its last 0.4 s, as a voice at the end of a sentence."""
+    a = tone(seconds)
+    k = int(0.4 * SR)
+    a[-k:] *= np.linspace(1.0, 0.2, k, dtype=np.float32)
+    return a
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -73,9 +80,9 @@ def test_end_of_turn_model_failure_falls_back_to_silence():
 
 def test_mock_turn_model_is_deterministic():
     m = MockTurnModel()
-    flat = tone(1.0)
     rising = np.concatenate([tone(1.0, amp=0.1), tone(0.4, amp=0.4)])
-    assert m.predict(flat) == 1.0 and m.predict(rising) == 0.0 and m.predict(rising) == 0.0
+    assert m.predict(falling()) == 1.0 and m.predict(tone(1.0)) == 0.0 and m.predict(rising) == 0.0
+    assert m.predict(falling()) == 1.0  # the same answer every time
 
 
 def _stream_events(stt, audio):
@@ -92,15 +99,15 @@ def test_mock_stream_holds_an_incomplete_pause_and_ends_a_complete_one():
 
     stt = MockSTT(language="en", end_of_turn=eot)
     # voice rising before a 600 ms pause, then more speech: one utterance, not two
-    paused = np.concatenate([silence(0.2), tone(1.0, amp=0.1), tone(0.4, amp=0.4), silence(0.6),
-                             tone(0.8, amp=0.1), silence(1.0)])
+    paused = np.concatenate([silence(0.2), tone(1.0, amp=0.3), tone(0.4, amp=0.6), silence(0.6),
+                             falling(0.8), silence(1.0)])
     evs = _stream_events(stt, paused)
     finals = [e for e in evs if e.kind == "final"]
     ends = [e for e in evs if e.kind == "speech_end"]
     assert len(finals) == 1 and len([e for e in evs if e.kind == "speech_start"]) == 1
     assert ends[0].reason == "complete" and ends[0].silence_ms <= 250
     # complete turn: ends after the short pause instead of the fixed 500 ms
-    evs = _stream_events(stt, np.concatenate([silence(0.2), tone(1.0), silence(0.8)]))
+    evs = _stream_events(stt, np.concatenate([silence(0.2), falling(1.0), silence(0.8)]))
     end = next(e for e in evs if e.kind == "speech_end")
     assert end.reason == "complete" and end.silence_ms < 500
     # incomplete and the user never goes on: the long silence ends it
@@ -120,7 +127,8 @@ def test_mock_profile_builds_the_turn_stand_in(mock_settings):
 # ------------------------------------------------------------------ barge-in policy
 def test_backchannels_and_real_words():
     p = BargeInPolicy()
-    for t in ("はい", "はい。", "うん、うん", "ええ", "なるほど", "そうですね。", "Uh-huh.", "mm-hmm", "Okay.", "yeah, right",
+    for t in ("はい", "はい。", "うん、うん", "ええ", "なるほど", "そうですね。", "Uh-huh.", "mm-hmm", "Okay.",
+              "yeah, right",
               "ええと", "um"):
         assert p.real_words(t) == 0, t
     for t in ("ちょっと待って", "いいえ、違います", "wait", "Stop please.", "ええと、明日は", "yeah but no"):
@@ -250,8 +258,8 @@ def test_ws_backchannel_pauses_and_resumes(tmp_path):
     import websockets
     from test_serve import Server, _send_audio, _ws_events, _ws_url, settings_for
 
-    from spark_voice.serve.app import create_app
     from spark_voice.backends.mock import MockEmbedder
+    from spark_voice.serve.app import create_app
 
     s = settings_for(tmp_path)
     stt = ScriptedSTT(backchannel="uh-huh")

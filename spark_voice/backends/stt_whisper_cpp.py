@@ -55,7 +55,8 @@ generation). ``OMP_WAIT_POLICY=passive`` makes them sleep. libgomp reads it once
 loads, so it must be in the environment before pywhispercpp is imported: ``import spark_voice``
 sets it (setdefault; an explicit value wins), tests/conftest.py does too, and loading this backend
 sets it if pywhispercpp is not loaded yet. If pywhispercpp was imported before spark_voice and the
-variable was not in the process environment, :meth:`WhisperCppSTT.warnings` says so (also logged). The VAD's onnxruntime session uses 1 intra-op thread without spinning.
+variable was not in the process environment, :meth:`WhisperCppSTT.warnings` says so (also logged).
+The VAD's onnxruntime session uses 1 intra-op thread without spinning.
 whisper.cpp's own log lines go to the ``spark_voice.whisper_cpp`` logger at DEBUG level (errors at
 WARNING) instead of stderr; progress printing is off.
 """

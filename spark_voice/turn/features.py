@@ -27,7 +27,7 @@ WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE   # 128 000
 N_FRAMES = WINDOW_SAMPLES // HOP          # 800
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz (3 mels / 200 Hz), logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     lin = 3.0 * hz / 200.0
@@ -35,7 +35,7 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return np.where(hz >= 1000.0, log, lin)
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     lin = 200.0 * mel / 3.0
     log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))

@@ -22,8 +22,9 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-DEFAULT_BACKCHANNELS = ("はい", "うん", "ええ", "そう", "そうそう", "そうですね", "そうですか", "なるほど", "へえ", "へー",
-                        "ほう", "ふーん", "うんうん", "はいはい", "ああ", "あー", "はーい", "了解", "確かに",
+DEFAULT_BACKCHANNELS = ("はい", "うん", "ええ", "そう", "そうそう", "そうですね", "そうですか", "なるほど",
+                        "へえ", "へー", "ほう", "ふーん", "うんうん", "はいはい", "ああ", "あー", "はーい",
+                        "了解", "確かに",
                         "yeah", "yes", "yep", "yup", "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok",
                         "right", "sure", "i see", "got it", "alright", "all right", "cool", "nice", "wow", "oh")
 # hesitation sounds: never a word either

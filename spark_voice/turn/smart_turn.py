@@ -136,12 +136,15 @@ class SmartTurnModel:
 
 
 class MockTurnModel:
-    """Deterministic stand-in (mock profile, unit tests). A turn is *incomplete* when the voice rose
-    before the pause (the mean level of the last 0.3 s of voiced audio is above 1.5x the median level
-    of the turn's voiced frames: "more to come"), else complete. Tests pass `fixed=` for a constant answer."""
+    """Deterministic stand-in (mock profile, unit tests): a turn is complete when the voice fell
+    before the pause -- the mean level of the last 0.3 s of voiced audio is below `fall` (0.72) x the
+    median level of the turn's voiced frames, as at the end of a sentence -- else incomplete (a level
+    that holds or rises: more to come; a steady test tone waits for the long silence). On the bundled
+    clips this agrees with Smart Turn: mid-sentence pauses 0.75-0.96, sentence ends 0.40-0.70.
+    Tests pass `fixed=` for a constant answer."""
 
-    def __init__(self, fixed: float | None = None, threshold: float = 0.01) -> None:
-        self.fixed, self.threshold = fixed, threshold
+    def __init__(self, fixed: float | None = None, threshold: float = 0.01, fall: float = 0.72) -> None:
+        self.fixed, self.threshold, self.fall = fixed, threshold, fall
         self.calls = 0
 
     def predict(self, samples: np.ndarray) -> float:
@@ -155,9 +158,9 @@ class MockTurnModel:
             return 1.0
         rms = np.sqrt((x[: frames * n].reshape(frames, n) ** 2).mean(axis=1))
         voiced = rms[rms > self.threshold]
-        if len(voiced) < 20:
-            return 1.0
-        return 0.0 if float(voiced[-10:].mean()) > 1.5 * float(np.median(voiced)) else 1.0
+        if len(voiced) < 10:
+            return 0.0
+        return 1.0 if float(voiced[-10:].mean()) < self.fall * float(np.median(voiced)) else 0.0
 
 
 @dataclass
