@@ -290,3 +290,33 @@ def test_ws_backchannel_pauses_and_resumes(tmp_path):
     chunks = [e for e in events if e["type"] == "tts.chunk" and e["request_id"] == rid]
     assert chunks and [c["seq"] for c in chunks] == sorted(c["seq"] for c in chunks)  # in order, none lost
     assert sum(c["bytes"] for c in chunks) > 0
+
+
+# ------------------------------------------------------------------ talk's speaker
+def test_speaker_pauses_resumes_where_it_stopped_and_clears(monkeypatch):
+    import sys
+
+    from test_talk import fake_sounddevice
+
+    written: list = []
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(np.zeros(10, np.float32), written))
+    from spark_voice.audio.devices import Speaker
+
+    sp = Speaker()
+    try:
+        sp.pause()
+        sp.play(Audio(tone(0.5, 16000), 16000))
+        time.sleep(0.3)
+        assert written == [] and sp.paused and sp.speaking  # held, not dropped
+        sp.resume()
+        deadline = time.time() + 5
+        while sum(n for _, n in written) < 8000 and time.time() < deadline:
+            time.sleep(0.01)
+        assert sum(n for _, n in written) == 8000  # all of it, once
+        sp.pause()
+        sp.play(Audio(tone(0.5, 16000), 16000))
+        sp.clear()  # barge-in: the queued chunk is dropped and the output is no longer paused
+        time.sleep(0.2)
+        assert sum(n for _, n in written) == 8000 and not sp.paused
+    finally:
+        sp.close()
