@@ -36,7 +36,7 @@ CLIPS = {
     "pause_ja": ("kokoro", "jf_alpha", "ja", ["明日の会議は、ええと、", PAUSE_S, "午後三時からです。"]),
     "pause_en": ("piper", "en_US-joe-medium", "en", ["What's the weather going to be like in", PAUSE_S,
                                                      "Tokyo this weekend?"]),
-    "backchannel_ja": ("kokoro", "jf_alpha", "ja", ["うん。"]),
+    "backchannel_ja": ("kokoro", "jf_alpha", "ja", ["はい。"]),  # whisper base hears Kokoro's "うん" as 文や
     "backchannel_en": ("piper", "en_US-joe-medium", "en", ["Uh-huh."]),
 }
 TEXTS = {name: "".join(p for p in parts if isinstance(p, str)) if lang == "ja"

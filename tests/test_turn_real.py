@@ -153,7 +153,7 @@ def test_fitted_final_matches_the_full_context(settings):
 
 
 def test_voice_session_backchannel_does_not_interrupt(settings):
-    """The real pipeline (whisper, SmolLM2, Kokoro): "うん" spoken over the answer pauses it, the
+    """The real pipeline (whisper, SmolLM2, Kokoro): "はい" spoken over the answer pauses it, the
     answer resumes and finishes, no new turn starts."""
     from spark_voice.pipeline import VoicePipeline
     from spark_voice.session import VoiceSession

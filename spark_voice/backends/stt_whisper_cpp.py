@@ -723,7 +723,9 @@ class WhisperCppStream:
                                                         and eot.last_probability >= eot.threshold else "timeout")
                 events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(),
                                        silence_ms=round(waited * 1000.0 / SR, 1), reason=reason))
-                events += self._final(end)
+                # after a held pause the final hears the speech plus the short pause, not 2 s of silence
+                until = self._pause_at + self._det._min_silence * FRAME if reason == "timeout" else None
+                events += self._final(end, until)
             elif eot is not None and eot.holding:
                 pass  # a held pause: no partials, no utterance cap
             elif self._utt_start is not None:
@@ -785,11 +787,12 @@ class WhisperCppStream:
         self._last_partial = text
         return [SttEvent("partial", text, audio_time=end / SR, language=detected)]
 
-    def _final(self, end: int) -> list[SttEvent]:
+    def _final(self, end: int, until: int | None = None) -> list[SttEvent]:
+        """Decode the utterance [start, until or end); `until` leaves out a long held silence."""
         start, self._utt_start = self._utt_start, None
         if start is None:
             return []
-        samples = self._slice(start, end).copy()
+        samples = self._slice(start, min(end, until) if until is not None else end).copy()
         self._drop_before(max(self._base, end - self._preroll))
         if _is_silent(samples):
             return []

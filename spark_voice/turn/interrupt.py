@@ -32,6 +32,7 @@ FILLERS = ("ええと", "えーと", "えっと", "えー", "あの", "あのー
            "uh", "um", "er", "erm", "ah", "eh")
 
 _PUNCT_RE = re.compile(r"[\s\W_]+", re.UNICODE)
+_KANA_RE = re.compile(r"[\u3040-\u30ff]")
 
 
 def _norm(text: str) -> str:
@@ -67,7 +68,9 @@ class BargeInPolicy:
             for p in phrases:
                 t = t.replace(p, " ")
             t = re.sub(r"[ーっ〜~]+", " ", t)  # lengthening marks left over ("はーい" variants)
-            return len([r for r in _PUNCT_RE.split(t) if r])
+            # a lone kana left over ("はいえ" -> "え", "うんね" -> "ね") is an interjection, a particle or a
+            # recognition artefact of a short back-channel, not a word; kanji and longer runs are words
+            return len([r for r in _PUNCT_RE.split(t) if r and not (len(r) == 1 and _KANA_RE.match(r))])
         rest = " " + " ".join(w for w in _PUNCT_RE.split(t.replace("-", " ")) if w) + " "
         for p in phrases:
             p = " " + " ".join(_PUNCT_RE.split(p.replace("-", " "))).strip() + " "
