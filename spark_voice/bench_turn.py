@@ -340,14 +340,19 @@ def _mean(xs, nd: int = 1) -> float | None:
 
 
 # ------------------------------------------------------------------ all of it
-def run_compare(pipe, settings, *, rounds: int = 3, paced: Callable[[Any], Any] | None = None, final_rounds: int = 3,
+TAIL_S = 2.5  # silence after each clip: longer than STT_TURN_LONG_SILENCE_MS, so no turn ends by end of input
+
+
+def run_compare(pipe, settings, *, rounds: int = 3, paced: Callable[[Any], Any] | None = None, final_rounds: int = 2,
                 faster_whisper: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything above on one loaded pipeline; `paced`: see :func:`compare_paths` (None: as fast as possible)."""
     clips = {n: a for n in ("question_en", "pause_en", "question_ja", "pause_ja") if (a := load_clip(n)) is not None}
     report: dict[str, Any] = {}
     printer(f"compare (a, c): today's path vs new, {rounds} round(s), "
             f"{'real-time pace' if paced is not None else 'as fast as possible'}")
-    report["paths"] = compare_paths(pipe, settings, clips, rounds, paced, printer)
+    tail = np.zeros(int(TAIL_S * SAMPLE_RATE_STT), np.float32)
+    padded = {n: Audio(np.concatenate([a.samples, tail]), SAMPLE_RATE_STT) for n, a in clips.items()}
+    report["paths"] = compare_paths(pipe, settings, padded, rounds, paced, printer)
     bc = []
     for lang in ("ja", "en"):
         q, b = load_clip(f"question_{lang}"), load_clip(f"backchannel_{lang}")
