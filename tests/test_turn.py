@@ -131,7 +131,8 @@ def test_backchannels_and_real_words():
               "yeah, right",
               "ええと", "um", "はいえ。", "うん、ね"):
         assert p.real_words(t) == 0, t
-    for t in ("ちょっと待って", "いいえ、違います", "wait", "Stop please.", "ええと、明日は", "yeah but no", "はい、雨"):
+    for t in ("ちょっと待って", "いいえ、違います", "wait", "Stop please.", "ええと、明日は", "yeah but no",
+              "はい、雨"):
         assert p.real_words(t) >= 1, t
     assert p.is_backchannel("はい") and not p.is_backchannel("") and not p.is_backchannel("待って")
 
