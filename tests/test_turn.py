@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from conftest import tone
 from spark_voice import Audio, VoicePipeline
@@ -206,10 +207,6 @@ def test_backchannel_does_not_interrupt_and_the_answer_resumes(mock_settings):
 
 
 def test_false_interruption_by_noise_resumes(mock_settings):
-    class Cough(ScriptedSTT):
-        def _text_for(self, seconds: float) -> str:  # a cough: the recogniser finds no words
-            return "" if seconds < 0.25 else super()._text_for(seconds)
-
     sess, events = _session(mock_settings, Cough())
     for f in frames(np.concatenate([silence(0.2), tone(1.0), silence(0.4)])):
         sess.feed(f)
@@ -252,7 +249,13 @@ def test_immediate_policy_cancels_on_any_onset(mock_settings):
 
 
 # ------------------------------------------------------------------ /v1/voice
-def test_ws_backchannel_pauses_and_resumes(tmp_path):
+class Cough(ScriptedSTT):
+    def _text_for(self, seconds: float) -> str:  # a cough: the recogniser finds no words
+        return "" if seconds < 0.25 else super()._text_for(seconds)
+
+
+@pytest.mark.parametrize("kind", ["backchannel", "cough"])
+def test_ws_backchannel_or_cough_pauses_and_resumes(tmp_path, kind):
     import asyncio
     import json
 
@@ -263,8 +266,9 @@ def test_ws_backchannel_pauses_and_resumes(tmp_path):
     from spark_voice.serve.app import create_app
 
     s = settings_for(tmp_path)
-    stt = ScriptedSTT(backchannel="uh-huh")
+    stt = ScriptedSTT(backchannel="uh-huh") if kind == "backchannel" else Cough(backchannel="uh-huh")
     stt.language = "en"
+    over = tone(0.3, freq=330.0) if kind == "backchannel" else tone(0.15, freq=500.0)
     pipe = VoicePipeline(stt, MockLLM(token_delay=0.02, answer="It will be sunny tomorrow. " * 12), MockTTS(),
                          settings=s, language="en")
 
@@ -274,7 +278,7 @@ def test_ws_backchannel_pauses_and_resumes(tmp_path):
             await ws.send(json.dumps({"type": "start", "language": "en", "format": "pcm"}))
             await _send_audio(ws, np.concatenate([silence(0.2), tone(1.0), silence(0.4)]))
             first = await _ws_events(ws, lambda e: e["type"] == "llm.sentence")
-            await _send_audio(ws, np.concatenate([tone(0.3, freq=330.0), silence(0.4)]))  # "uh-huh"
+            await _send_audio(ws, np.concatenate([over, silence(0.4)]))  # "uh-huh", or a cough
             rest = await _ws_events(ws, lambda e: e["type"] == "turn.done", timeout=30)
             return first + rest
 
