@@ -135,6 +135,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="STT_THREADS (default: from the settings)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", default=None, help="also write the report here")
+    ap.add_argument("--compare-final", action="store_true",
+                    help="instead: the final decode of the bundled + held-out clips (our voices), whisper.cpp "
+                         "full context vs fitted context vs faster-whisper base int8, time and WER / CER "
+                         "(spark_voice.bench.turn_compare.compare_final; faster-whisper from the bench extra)")
+    ap.add_argument("--margins", action="store_true", help="with --compare-final: also sweep STT_FINAL_CTX_MARGIN_S")
     args = ap.parse_args(argv)
 
     import spark_voice  # noqa: F401  (sets OMP_WAIT_POLICY before pywhispercpp loads)
@@ -162,6 +167,8 @@ def main(argv=None) -> int:
 
     stt = WhisperCppSTT.from_settings(settings)
     stt.load()
+    if args.compare_final:
+        return compare_final(stt, settings, args)
     report = {"model": str(stt.model_path), "language": settings.stt_language, "threads": stt.n_threads,
               "clip": clip, "clip_s": round(audio.duration, 3), "rounds": args.rounds,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
@@ -182,6 +189,25 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.json, json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     else:
         print(json.dumps(report, ensure_ascii=False, indent=2))
+    return 0
+
+
+def compare_final(stt, settings, args) -> int:
+    from spark_voice.audio.io import atomic_write_bytes
+    from spark_voice.bench import turn_compare as bt
+
+    clips = {n: (a, bt.CLIP_TEXTS[n], n.rsplit("_", 1)[-1]) for n in bt.CLIP_TEXTS if (a := bt.load_clip(n))}
+    clips.update(bt.synth_clips(settings, settings.stt_threads))
+    print(f"STT final decode: {len(clips)} clips, {args.rounds} round(s), {stt.n_threads} threads, "
+          f"{Path(str(stt.model_path)).name}, margin {stt.final_ctx_margin_s} s")
+    report = {"final": bt.compare_final(stt, clips, rounds=args.rounds, threads=stt.n_threads)}
+    if args.margins:
+        report["margins"] = bt.margin_sweep(stt, clips)
+    for line in bt.format_compare({"stt_final": report["final"]}):
+        print(line)
+    stt.close()
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))
     return 0
 
 

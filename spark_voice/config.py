@@ -3,6 +3,9 @@
 Precedence, lowest first: `.env.default` < profile preset < `.env` < process environment <
 keyword overrides given to :meth:`Settings.load`. The field defaults below equal `.env.default`
 (a test keeps them in step), so an installed wheel without the file behaves the same.
+
+Length: one field per line of `.env.default` (over 100 knobs) in one class, so that the two files
+can be compared line by line; the loader and helpers are short.
 """
 
 from __future__ import annotations
@@ -136,6 +139,21 @@ class Settings(BaseSettings):
     stt_silence_ms: int = Field(500, ge=100, le=10_000)
     stt_max_utterance_s: float = Field(30.0, ge=1.0, le=600.0)
     stt_vad_model: str = ""
+    stt_final_ctx: Literal["full", "fitted"] = "fitted"
+    stt_final_ctx_margin_s: float = Field(1.0, ge=0.0, le=30.0)
+    stt_turn_detection: Literal["on", "off"] = "on"
+    stt_turn_model: str = ""
+    stt_turn_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    stt_turn_short_silence_ms: int = Field(200, ge=64, le=10_000)
+    stt_turn_long_silence_ms: int = Field(2000, ge=100, le=30_000)
+    stt_turn_threads: int = Field(2, ge=1, le=64)
+    barge_in_policy: Literal["smart", "immediate"] = "smart"
+    barge_in_min_speech_ms: int = Field(800, ge=0, le=60_000)
+    barge_in_resume_ms: int = Field(1500, ge=0, le=60_000)
+    barge_in_backchannels: str = ("はい,うん,ええ,そう,そうそう,そうですね,そうですか,なるほど,"
+                                  "へえ,へー,ほう,ふーん,うんうん,はいはい,ああ,あー,はーい,了解,確かに,"
+                                  "yeah,yes,yep,yup,uh-huh,uh huh,mm-hmm,mhm,mm,hmm,"
+                                  "okay,ok,right,sure,i see,got it,alright,all right,cool,nice,wow,oh")
 
     # TTS
     tts_provider: str = "fish"
@@ -154,6 +172,10 @@ class Settings(BaseSettings):
     tts_threads: int = Field(2, ge=1, le=512)
     tts_piper_dir: Path = Path("./models/tts/piper")
     tts_kokoro_dir: Path = Path("./models/tts/kokoro-ja")
+    tts_chunk_rule: Literal["eager", "sentence"] = "eager"
+    tts_chunk_first_max: float = Field(20.0, ge=4.0, le=1000.0)
+    tts_chunk_max: float = Field(40.0, ge=4.0, le=1000.0)
+    tts_chunk_force_ms: int = Field(1200, ge=0, le=60_000)
 
     # embeddings
     embedding_image: str = "spark-voice:cuda13-sm121"

@@ -363,7 +363,8 @@ class VoicePipeline:
             out(Stage.STT_FINAL, ev.text, language=ev.language, audio_time=round(ev.audio_time, 3))
         else:
             t = t_in if ev.kind in ("speech_start", "speech_end") else None
-            out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3))
+            out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3),
+                **endpoint_data(ev))
 
     def _retrieve(self, query: str, out: Out) -> list[Hit]:
         if self.retriever is None:
@@ -391,7 +392,7 @@ class VoicePipeline:
     def _answer(self, llm: LanguageModel, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event,
                 out: Out) -> None:
         messages = self.messages_for(turn.transcript, hits)
-        chunker = SentenceChunker()
+        chunker = SentenceChunker.from_settings(self.settings)
         sentences: queue.Queue[str | None] = queue.Queue()
         answer: list[str] = []
         analysis: list[str] = []
@@ -505,6 +506,13 @@ def _is_spoken(delta: Any) -> bool:
     if getattr(delta, "recipient", ""):
         return False
     return delta.channel in ("final", "commentary")
+
+
+def endpoint_data(ev: SttEvent) -> dict[str, Any]:
+    """speech_end: how long the endpointing waited after the voice stopped, and why it ended."""
+    if ev.kind != "speech_end":
+        return {}
+    return {"silence_ms": ev.silence_ms, "reason": ev.reason}
 
 
 def _voice_language(sentence: str, turn_language: str) -> str:

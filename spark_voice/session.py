@@ -1,8 +1,9 @@
 """VoiceSession: a live conversation over a stream of audio frames (microphone, websocket).
 
 The streaming recogniser turns frames into speech_start / partial / final events; each final starts
-a turn (:meth:`spark_voice.pipeline.VoicePipeline.turn`) in a worker thread; speech that starts
-while the assistant answers cancels that turn (barge-in).
+a turn (:meth:`spark_voice.pipeline.VoicePipeline.turn`) in a worker thread. Speech that starts
+while the assistant answers is a possible interruption (:mod:`spark_voice.turn.interrupt`): the
+answer's audio pauses; a real word cancels it (barge-in), a back-channel or a cough resumes it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Callable
 
 from .errors import SparkVoiceError
 from .events import Event, new_request_id
-from .pipeline import Emit, Turn, VoicePipeline
+from .pipeline import Emit, Turn, VoicePipeline, endpoint_data
+from .turn.interrupt import BargeInPolicy, Interruption
 from .types import Audio, Stage, Transcript
 
 
@@ -21,12 +23,17 @@ class VoiceSession:
     """A live conversation over a stream of audio frames (microphone, websocket).
 
     `feed(frame)` pushes audio through the streaming recogniser; each final transcript starts a
-    turn in the background; speech that starts while the assistant is answering cancels that turn
-    (barge-in). Events go to `emit` (called from worker threads).
+    turn in the background. Speech that starts while the assistant is answering is a *possible*
+    interruption (:mod:`spark_voice.turn.interrupt`, BARGE_IN_*): the answer's audio is held
+    (``turn.paused``); a real word or enough speech cancels the answer (``turn.barge_in``), a
+    back-channel, a cough or silence lets it go on where it stopped (``turn.resumed``) and starts
+    no turn. BARGE_IN_POLICY=immediate cancels on any speech onset. Events go to `emit` (called
+    from worker threads).
     """
 
     def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
-                 request_id_factory: Callable[[], str] = new_request_id) -> None:
+                 request_id_factory: Callable[[], str] = new_request_id,
+                 barge_in: BargeInPolicy | None = None) -> None:
         if pipeline.stt is None:
             raise SparkVoiceError("a voice session needs a speech-to-text backend")
         self.pipeline, self.emit, self.speak = pipeline, emit, speak
@@ -41,37 +48,138 @@ class VoiceSession:
         self._active_rid: str | None = None
         self._lock = threading.Lock()
         self.turns: list[Turn] = []
+        self.policy = barge_in if barge_in is not None else BargeInPolicy.from_settings(pipeline.settings)
+        self._audio_t = 0.0                 # seconds of audio fed so far
+        self._intr: Interruption | None = None  # the possible interruption in progress
+        self._utt_over_answer = False       # the current utterance began while the assistant answered
+        self._out_lock = threading.Lock()   # orders held / live tts.chunk events
+        self._paused_rid: str | None = None
+        self._paused_at = 0.0
+        self._held: list[Event] = []
+        self._play_until = 0.0              # when the audio sent so far ends, played in real time
+        self._play_left = 0.0               # audio sent but not played when the output paused
+        self.stats = {"paused": 0, "resumed": 0, "barge_in": 0, "backchannels": 0, "noise": 0}
 
     @property
     def speaking(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
+    @property
+    def answering(self) -> bool:
+        """The answer is still being written or its audio is still playing (real-time estimate)."""
+        return self.speaking or self._paused_rid is not None or time.perf_counter() < self._play_until
+
     def feed(self, frame: Audio) -> None:
         t_in = time.perf_counter()
         if self._turn_start is None:
             self._turn_start = t_in
+        self._audio_t += frame.duration
         for ev in self._stream.feed(frame):
             self._on_stt(ev, t_in)
+        self._check_interruption()
 
     def flush(self) -> None:
         t_in = time.perf_counter()
         for ev in self._stream.flush():
             self._on_stt(ev, t_in)
+        self._check_interruption(final=True)
 
+    # ------------------------------------------------------------------ audio out (held while paused)
+    def _emit_turn(self, ev: Event) -> None:
+        with self._out_lock:
+            if ev.stage == Stage.TTS_CHUNK and self._paused_rid == ev.request_id:
+                self._held.append(ev)
+                return
+            self._send(ev)
+
+    def _send(self, ev: Event) -> None:  # under _out_lock
+        if ev.stage == Stage.TTS_CHUNK and ev.audio is not None:
+            self._play_until = max(self._play_until, time.perf_counter()) + ev.audio.duration
+        self.emit(ev)
+
+    def _pause(self, now: float) -> None:
+        rid = self._active_rid
+        self._intr = Interruption(self.policy, start=self._audio_t)
+        with self._out_lock:
+            self._paused_rid, self._paused_at = rid, time.perf_counter()
+            # audio already sent but not yet played is paused by the client (talk: the speaker)
+            self._play_left = max(self._play_until - time.perf_counter(), 0.0)
+            self.stats["paused"] += 1
+            self.emit(Event(Stage.TURN_PAUSED, rid or "", now, data={"by": self._rid}))
+
+    def _resume(self, reason: str) -> None:
+        with self._out_lock:
+            rid, held = self._paused_rid, self._held
+            if rid is None:
+                return
+            self._paused_rid, self._held = None, []
+            self._play_until = time.perf_counter() + self._play_left
+            self.stats["resumed"] += 1
+            self.emit(Event(Stage.TURN_RESUMED, rid, time.perf_counter(),
+                            data={"reason": reason, "held_chunks": len(held),
+                                  "paused_ms": round((time.perf_counter() - self._paused_at) * 1000.0, 1)}))
+            for ev in held:
+                self._send(ev)
+        self._intr = None
+
+    def _barge_in(self, reason: str) -> None:
+        rid = self._active_rid
+        with self._out_lock:
+            self._paused_rid, self._held, self._play_until = None, [], 0.0
+        self._intr = None
+        if rid:
+            self.pipeline.cancel(rid)
+            self.stats["barge_in"] += 1
+            self.emit(Event(Stage.TURN_BARGE_IN, rid, time.perf_counter(), data={"by": self._rid, "reason": reason}))
+
+    def _check_interruption(self, final: bool = False) -> None:
+        intr = self._intr
+        if intr is None:
+            return
+        voiced = getattr(self._stream, "voiced_ms", None)
+        decision = intr.on_time(self._audio_t, voiced)
+        if decision is None and (final or not intr.in_speech):
+            decision = "resume"  # the utterance ended without a word (a cough, noise)
+        self._apply(decision, "speech" if decision == "barge_in" else "no words")
+
+    def _apply(self, decision: str | None, reason: str) -> None:
+        if decision == "barge_in":
+            self._barge_in(reason)
+        elif decision == "resume":
+            self._resume(reason)
+
+    # ------------------------------------------------------------------ recogniser events
     def _on_stt(self, ev, t_in: float | None = None) -> None:
         now = time.perf_counter()
         # speech boundaries: when their audio arrived (see VoicePipeline._stt_event); texts: now
         at = t_in if t_in is not None and ev.kind in ("speech_start", "speech_end") else now
         if ev.kind == "speech_start":
-            if self.speaking and self._active_rid:
-                self.pipeline.cancel(self._active_rid)  # barge-in
-                self.emit(Event(Stage.TURN_BARGE_IN, self._active_rid, now, data={"by": self._rid}))
+            self._utt_over_answer = False
+            if self.answering and self._active_rid:
+                self._utt_over_answer = True
+                if self.policy.mode == "immediate":
+                    self._barge_in("speech onset")
+                elif self._intr is None:
+                    self._pause(now)
             self._turn_start = at
+        elif self._intr is not None and ev.kind == "partial":
+            self._apply(self._intr.on_text(ev.text), "words")
+        elif self._intr is not None and ev.kind == "speech_end":
+            self._intr.on_speech_end()
         e = Event(f"stt.{ev.kind}", self._rid, at, ev.text,
-                  {"language": ev.language, "audio_time": round(ev.audio_time, 3)})
+                  {"language": ev.language, "audio_time": round(ev.audio_time, 3), **endpoint_data(ev)})
         self._events.append(e)
         self.emit(e)
         if ev.kind == "final":
+            if self._intr is not None:
+                self._apply(self._intr.on_text(ev.text, final=True), "words" if self.policy.real_words(ev.text)
+                            else "back-channel")
+            if self._utt_over_answer and self.policy.mode != "immediate" and not self.policy.real_words(ev.text) \
+                    and self.answering:
+                # "はい" / "uh-huh" / a cough while the assistant talks: no new turn
+                self.stats["backchannels" if ev.text.strip() else "noise"] += 1
+                self._rid, self._events, self._turn_start = self._new_id(), [], None
+                return
             self._start_turn(ev)
 
     def _start_turn(self, ev) -> None:
@@ -80,12 +188,15 @@ class VoiceSession:
         if self._worker is not None and self._worker.is_alive():
             self.pipeline.cancel(self._active_rid)
             self._worker.join()
+        with self._out_lock:
+            self._paused_rid, self._held, self._play_until = None, [], 0.0
+        self._intr = None
         transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
 
         def work() -> None:
             try:
-                turn = self.pipeline.turn(self.emit, transcript=transcript, speak=self.speak,
-                                           request_id=rid, start=start, prior_events=stt_events)
+                turn = self.pipeline.turn(self._emit_turn, transcript=transcript, speak=self.speak,
+                                          request_id=rid, start=start, prior_events=stt_events)
                 self.turns.append(turn)
             except Exception:
                 pass  # already reported as an `error` event
@@ -97,6 +208,8 @@ class VoiceSession:
     def wait(self, timeout: float | None = None) -> None:
         if self._worker is not None:
             self._worker.join(timeout)
+        if self._paused_rid is not None:  # input ended during a possible interruption: let it finish
+            self._resume("input ended")
 
     def close(self) -> None:
         if self._active_rid:

@@ -2,8 +2,9 @@
 
 The microphone's 20 ms frames go through a VoiceSession (streaming STT with VAD, partials, a turn
 per final transcript); answers are spoken sentence by sentence as the LLM writes them. Speaking
-over the assistant cancels its answer (barge-in) — use headphones, or `--no-barge-in` to mute the
-microphone while the assistant speaks (speakers would otherwise let it interrupt itself).
+over the assistant pauses it: a real word cancels its answer (barge-in), a back-channel ("はい",
+"uh-huh") or a cough lets it go on where it stopped (BARGE_IN_*). Use headphones, or `--no-barge-in`
+to mute the microphone while the assistant speaks (speakers would otherwise let it interrupt itself).
 """
 
 from __future__ import annotations
@@ -64,8 +65,13 @@ def cmd_talk(args) -> int:
         elif ev.stage == Stage.TTS_CHUNK and ev.audio is not None:
             speaker.play(ev.audio)
             quiet_until[0] = time.monotonic() + ev.audio.duration + 0.3
+        elif ev.stage == Stage.TURN_PAUSED:  # speech over the answer: hold the audio until it is clear
+            speaker.pause()
+        elif ev.stage == Stage.TURN_RESUMED:  # a back-channel or a cough: go on where it stopped
+            speaker.resume()
         elif ev.stage == Stage.TURN_BARGE_IN:
             speaker.clear()
+            show("(interrupted)")
         elif ev.stage == "error":
             show(f"error: {ev.text}")
 

@@ -49,12 +49,14 @@ class Stage:
     TOOL_RESULT: Final = "tool.result"
     TTS_CHUNK: Final = "tts.chunk"
     TURN_BARGE_IN: Final = "turn.barge_in"
+    TURN_PAUSED: Final = "turn.paused"
+    TURN_RESUMED: Final = "turn.resumed"
     TURN_DONE: Final = "turn.done"
     ERROR: Final = "error"
 
     ALL: Final = (TURN_START, STT_SPEECH_START, STT_PARTIAL, STT_SPEECH_END, STT_FINAL, RAG_HITS, LLM_TOKEN,
-                  LLM_ANALYSIS, LLM_SENTENCE, LLM_TOOL_CALL, TOOL_RESULT, TTS_CHUNK, TURN_BARGE_IN, TURN_DONE,
-                  ERROR)
+                  LLM_ANALYSIS, LLM_SENTENCE, LLM_TOOL_CALL, TOOL_RESULT, TTS_CHUNK, TURN_BARGE_IN, TURN_PAUSED,
+                  TURN_RESUMED, TURN_DONE, ERROR)
 
 
 # ----------------------------------------------------------------------------- data types
@@ -124,6 +126,11 @@ class SttEvent:
     audio_time: float = 0.0
     language: str = ""
     segments: list[Segment] = field(default_factory=list)
+    # speech_end only: ms of silence the endpointing waited after the last voiced frame, and why the
+    # turn ended ("silence": fixed silence, "complete": the end-of-turn model, "timeout": long silence,
+    # "flush": end of input)
+    silence_ms: float = 0.0
+    reason: str = ""
 
 
 @dataclass

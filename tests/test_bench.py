@@ -77,8 +77,8 @@ def test_bench_realtime_own_samples_no_floors(tmp_path, capsys):
     report = check_files(one_result(tmp_path / "res"), 2)
     assert report["run"]["realtime"] is True and report["floors"] == {}
     for t in report["turns"]:
-        # paced at real time up to the final (end of speech + 0.5 s of silence, ~0.1 s before the
-        # clip ends): the audio takes at least that long to arrive
+        # paced at real time up to the final (end of speech + the end-of-turn wait: a steady mock tone
+        # waits for the long silence, longer than the clip's 0.6 s tail, so the whole clip is paced)
         assert t["end_to_end"] >= 0.85 * t["audio_s"] * 1000.0
     assert "floor / path" not in capsys.readouterr().out
 

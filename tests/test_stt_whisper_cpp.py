@@ -66,7 +66,8 @@ def _stt(model: str, language: str, **kw):
 
 @pytest.fixture(scope="module")
 def en_stt():
-    stt = _stt("ggml-tiny.en.bin", "en")
+    # the fixed-silence endpointing (the end-of-turn model is tested in tests/test_turn_real.py)
+    stt = _stt("ggml-tiny.en.bin", "en", STT_TURN_DETECTION="off")
     yield stt
     stt.close()
 
@@ -363,7 +364,8 @@ def test_prepare_stt_skips_present_files(tmp_path):
     (stt_dir / "ggml-tiny.en.bin").write_bytes(b"lmgg" + b"\0" * 1000)  # a cut file: converted again
     lines: list[str] = []
     paths = prepare_stt(tmp_path, log=lines.append)
-    assert [p.name for p in paths] == ["ggml-tiny.en.bin", "ggml-base.bin", "silero_vad.onnx"]
+    assert [p.name for p in paths] == ["ggml-tiny.en.bin", "ggml-base.bin", "silero_vad.onnx",
+                                       "smart-turn-v3.2-cpu.onnx"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert any("ggml-tiny.en.bin is not usable" in x for x in lines)
     assert any("converting whisper tiny.en" in x for x in lines)
@@ -372,5 +374,5 @@ def test_prepare_stt_skips_present_files(tmp_path):
     assert oct((stt_dir / "silero_vad.onnx").stat().st_mode & 0o777) == "0o644"
     lines.clear()
     prepare_stt(tmp_path, log=lines.append)
-    assert len(lines) == 3 and all("already present" in x for x in lines)
+    assert len(lines) == 4 and all("already present" in x for x in lines)
     assert not list(stt_dir.glob("*.tmp"))

@@ -162,7 +162,8 @@ class Microphone:
 
 
 class Speaker:
-    """Plays chunks in order on a background thread; `clear()` drops what is queued (barge-in)."""
+    """Plays chunks in order on a background thread; `clear()` drops what is queued (barge-in);
+    `pause()` stops the output within ~40 ms and `resume()` goes on where it stopped."""
 
     def __init__(self, *, device: int | str | None = None) -> None:
         import queue
@@ -172,6 +173,9 @@ class Speaker:
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._busy = threading.Event()
+        self._playing = threading.Event()  # cleared while paused
+        self._playing.set()
+        self._dropped = 0                  # clear() generation: a chunk being written stops too
         self._thread = threading.Thread(target=self._run, name="speaker", daemon=True)
         self._sd = _sounddevice()
         _check_output(self._sd, device)
@@ -185,9 +189,21 @@ class Speaker:
     def play(self, chunk: Audio) -> None:
         self._q.put(chunk)
 
+    def pause(self) -> None:
+        self._playing.clear()
+
+    def resume(self) -> None:
+        self._playing.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._playing.is_set()
+
     def clear(self) -> None:
         import queue
 
+        self._dropped += 1
+        self._playing.set()
         while True:
             try:
                 self._q.get_nowait()
@@ -213,8 +229,15 @@ class Speaker:
                     stream = self._sd.OutputStream(samplerate=rate, channels=1, dtype="float32", device=self.device)
                     stream.start()
                 a = resample(chunk, rate)
-                if len(a.samples):
-                    stream.write(np.ascontiguousarray(a.samples.reshape(-1, 1)))
+                gen = self._dropped
+                step = max(1, int(0.04 * rate))  # write in 40 ms slices: pause / clear act quickly
+                for i in range(0, len(a.samples), step):
+                    while not self._playing.wait(0.05):
+                        if self._stop.is_set():
+                            return
+                    if gen != self._dropped or self._stop.is_set():
+                        break
+                    stream.write(np.ascontiguousarray(a.samples[i:i + step].reshape(-1, 1)))
         except Exception as exc:  # reported by the caller
             self.error = exc
         finally:

@@ -171,6 +171,11 @@ class SpeechDetector:
             self.neg_threshold = max(self.threshold - 0.15, 0.01)
         self._min_silence = max(1, int(round(self.min_silence_ms * SAMPLE_RATE / 1000 / FRAME)))
 
+    @property
+    def min_silence_frames(self) -> int:
+        """Frames below the end threshold that end speech (min_silence_ms in frames)."""
+        return self._min_silence
+
     def feed(self, p: float) -> str | None:
         if not self.in_speech:
             if p >= self.threshold:

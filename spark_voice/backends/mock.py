@@ -50,16 +50,23 @@ class MockSTT(_Mock):
     role = "stt"
 
     def __init__(self, text: str | None = None, threshold: float = 0.01, partial_interval: float = 0.5,
-                 silence: float = 0.5, fail: str | None = None, language: str = "en") -> None:
+                 silence: float = 0.5, fail: str | None = None, language: str = "en", end_of_turn=None) -> None:
         super().__init__(fail)
         self.text, self.threshold = text, threshold
         self.partial_interval, self.silence, self.language = partial_interval, silence, language
+        self.end_of_turn = end_of_turn  # a callable -> spark_voice.turn.EndOfTurn per stream, or None
 
     @classmethod
     def from_settings(cls, settings) -> "MockSTT":
         lang = settings.stt_language if settings.stt_language != "auto" else "en"
+        eot = None
+        if settings.stt_turn_detection != "off":
+            def eot():
+                from ..turn import build_end_of_turn
+
+                return build_end_of_turn(settings, mock=True)
         return cls(partial_interval=settings.stt_partial_interval_ms / 1000.0,
-                   silence=settings.stt_silence_ms / 1000.0, language=lang)
+                   silence=settings.stt_silence_ms / 1000.0, language=lang, end_of_turn=eot)
 
     def _speech_seconds(self, audio: Audio) -> float:
         a = audio.samples
@@ -101,6 +108,9 @@ class MockSttStream:
         self.silence = 0.0
         self.since_partial = 0.0
         self._rest = np.zeros(0, dtype=np.float32)
+        self.eot = stt.end_of_turn() if stt.end_of_turn is not None else None
+        self._asked = False     # the end-of-turn model was asked about the current pause
+        self._utt: list[np.ndarray] = []  # the utterance's frames (last 8 s) for the turn model
 
     def feed(self, audio: Audio) -> list[SttEvent]:
         from ..audio.io import resample
@@ -117,24 +127,42 @@ class MockSttStream:
             if voiced:
                 if not self.in_speech:
                     self.in_speech, self.speech, self.since_partial = True, 0.0, 0.0
+                    self._utt = []
                     out.append(SttEvent("speech_start", audio_time=self.t, language=self.language))
+                if self._asked and self.eot is not None:
+                    self.eot.resume()  # speech after a pause the model called incomplete
+                self._asked = False
                 self.speech += 0.03
                 self.silence = 0.0
             elif self.in_speech:
                 self.silence += 0.03
             if self.in_speech:
+                self._utt.append(f)
+                del self._utt[:max(0, len(self._utt) - 267)]  # the last 8 s
                 self.since_partial += 0.03
                 if self.since_partial >= self.stt.partial_interval and self.silence == 0.0:
                     self.since_partial = 0.0
                     out.append(SttEvent("partial", self.stt._text_for(self.speech), self.t, self.language))
-                if self.silence >= self.stt.silence:
-                    out += self._final()
+                if self.eot is None:
+                    if self.silence >= self.stt.silence - 1e-9:
+                        out += self._final("silence")
+                elif not self._asked and self.silence >= self.eot.short_ms / 1000.0 - 1e-9:
+                    self._asked = True
+                    if self.eot.on_pause(np.concatenate(self._utt)):
+                        out += self._final("complete")
+                elif self._asked and self.eot.waited(self.silence * 1000.0 + 1e-6):
+                    out += self._final("timeout")
         return out
 
-    def _final(self) -> list[SttEvent]:
+    @property
+    def voiced_ms(self) -> float:
+        return self.speech * 1000.0 if self.in_speech else 0.0
+
+    def _final(self, reason: str = "flush") -> list[SttEvent]:
         text = self.stt._text_for(self.speech)
-        self.in_speech, self.speech, self.silence = False, 0.0, 0.0
-        return [SttEvent("speech_end", audio_time=self.t, language=self.language),
+        waited = round(self.silence * 1000.0, 1)
+        self.in_speech, self.speech, self.silence, self._asked = False, 0.0, 0.0, False
+        return [SttEvent("speech_end", audio_time=self.t, language=self.language, silence_ms=waited, reason=reason),
                 SttEvent("final", text, self.t, self.language, [Segment(0.0, self.t, text)])]
 
     def flush(self) -> list[SttEvent]:

@@ -33,6 +33,11 @@ def add_parser(subparsers: Any, common: Callable[[argparse.ArgumentParser], argp
                         "else STT_LANGUAGE)")
     p.add_argument("--warmup", type=int, default=2, help="un-recorded warm-up turns first (default 2)")
     p.add_argument("--no-plot", action="store_true", help="do not write latency.png")
+    p.add_argument("--compare", action="store_true",
+                   help="also compare turn-taking side by side: today's path vs the new one (end of speech -> "
+                        "first audio, Japanese first audio, pause and back-channel clips) and the STT final "
+                        "decode (full vs fitted context vs faster-whisper int8); see spark_voice/bench/turn_compare.py")
+    p.add_argument("--compare-rounds", type=int, default=3, help="rounds of the --compare turns (default 3)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -50,5 +55,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SparkVoiceError("-n must be at least 1")
     report = run_bench(s, n=args.n, samples=args.samples, realtime=args.realtime, out=args.out,
                        floors=not args.no_floors, language=args.language, warmup=max(0, args.warmup),
-                       plot=not args.no_plot)
+                       plot=not args.no_plot, compare=args.compare, compare_rounds=max(1, args.compare_rounds))
     return 1 if report["errors"] == report["n"] else 0

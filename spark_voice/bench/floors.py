@@ -33,6 +33,7 @@ from ..types import Audio
 from .clips import Clip, PacedSTT
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..pipeline import Turn, VoicePipeline
 
 __all__ = ["Floors", "RawGenerator", "RawSynthesizer", "RawTranscriber", "llm_cache_reset", "llm_floor",
@@ -85,9 +86,9 @@ def is_mock(backend: object) -> bool:
     return bool(getattr(backend, "is_mock", False))
 
 
-def time_llm_stream(pieces: Iterable[str], t0: float) -> LlmFloorResult:
+def time_llm_stream(pieces: Iterable[str], t0: float, settings: Settings | None = None) -> LlmFloorResult:
     """Consume a raw text stream until the first sentence the pipeline's chunker would release."""
-    chunker = SentenceChunker()
+    chunker = SentenceChunker.from_settings(settings)
     out: LlmFloorResult = {"first_token_ms": None, "first_sentence_ms": None, "first_sentence": ""}
     for piece in pieces:
         if not piece:
@@ -147,8 +148,8 @@ def stt_floor(stt: SpeechToText | None) -> tuple[Callable[[Audio, str], float] |
     return direct, f"{type(b).__name__}.transcribe(whole clip) -- {what}"
 
 
-def llm_floor(llm: LanguageModel | None) -> tuple[Callable[[Messages], LlmFloorResult] | None,
-                                                   Callable[[], None], str]:
+def llm_floor(llm: LanguageModel | None, settings: Settings | None = None
+              ) -> tuple[Callable[[Messages], LlmFloorResult] | None, Callable[[], None], str]:
     if llm is None:
         return None, lambda: None, ""
     b = unwrap(llm)
@@ -161,7 +162,7 @@ def llm_floor(llm: LanguageModel | None) -> tuple[Callable[[Messages], LlmFloorR
             t0 = time.perf_counter()
             pieces = run()
             try:
-                return time_llm_stream(pieces, t0)
+                return time_llm_stream(pieces, t0, settings)
             finally:
                 pieces.close()
         return floor, raw.reset_cache, f"{raw.raw_label}, until the first sentence"
@@ -170,7 +171,7 @@ def llm_floor(llm: LanguageModel | None) -> tuple[Callable[[Messages], LlmFloorR
         t0 = time.perf_counter()
         gen = b.stream_chat(messages)
         try:
-            return time_llm_stream((d.text for d in gen if d.channel == "final"), t0)
+            return time_llm_stream((d.text for d in gen if d.channel == "final"), t0, settings)
         finally:
             close(gen)
     what = "mock backend called directly" if is_mock(b) else "backend called directly (no raw handle)"
@@ -220,7 +221,7 @@ def llm_cache_reset(llm: LanguageModel | None) -> Callable[[], None]:
 def make_floors(pipe: VoicePipeline) -> Floors:
     fl = Floors()
     fl.stt, stt_label = stt_floor(pipe.stt)
-    fl.llm, fl.reset_llm, llm_label = llm_floor(pipe.llm)
+    fl.llm, fl.reset_llm, llm_label = llm_floor(pipe.llm, pipe.settings)
     fl.tts, tts_label = tts_floor(pipe.tts, pipe.voice, fl.tts_labels)
     fl.labels = {"stt": stt_label, "llm": llm_label, "tts": tts_label}
     return fl

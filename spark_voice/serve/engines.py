@@ -253,6 +253,11 @@ class GatedSttStream:
         with self.gate.hold(bounded=False):
             return self.stream.flush()
 
+    @property
+    def voiced_ms(self) -> float | None:
+        """Voiced audio of the utterance in progress (the barge-in policy reads it), if the stream says."""
+        return getattr(self.stream, "voiced_ms", None)
+
 
 # ------------------------------------------------------------------------------ threads
 class Runner:

@@ -54,6 +54,7 @@ from .windowing import WINDOW_S, is_silent, plan_windows
 
 if TYPE_CHECKING:
     from ...config import Settings
+    from ...turn import EndOfTurn
 
 __all__ = ["WhisperCppSTT", "as_audio"]
 
@@ -63,6 +64,10 @@ SR = SAMPLE_RATE_STT
 PAD_TO_S = 1.05            # whisper.cpp skips input shorter than 1 s: pad short input with zeros
 PARTIAL_MIN_CTX = 384      # encoder frames (20 ms each) for partial decodes, at least ...
 PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to 64 frames
+# Fitted finals: at least 512 encoder frames (10.24 s). Measured on 12 clips of our voices (6 en, 6 ja,
+# 1.3-5 s): 384 frames raised the Japanese CER from 0.049 to 0.107 (駅まで -> エキマで), 512 and more
+# matched the full 1500-frame decode (WER en 0.062, CER ja 0.049); see README Performance.
+FINAL_MIN_CTX = 512
 
 
 def as_audio(audio: AudioInput, sample_rate: int | None) -> Audio:
@@ -83,8 +88,14 @@ class WhisperCppSTT(BaseBackend):
     def __init__(self, model_path: str | os.PathLike[str], *, language: str = "ja", n_threads: int = 2,
                  vad_model: str | os.PathLike[str] | None = None, vad_threshold: float = 0.5,
                  partial_interval_ms: int = 500, silence_ms: int = 500, max_utterance_s: float = 30.0,
-                 use_gpu: bool = False, endpoint: str = "") -> None:
+                 use_gpu: bool = False, endpoint: str = "", final_ctx: str = "full",
+                 final_ctx_margin_s: float = 1.0, end_of_turn: Callable[[], EndOfTurn | None] | None = None) -> None:
         super().__init__()
+        # final decode: "full" = whisper's 30 s encoder window, "fitted" = audio_ctx fitted to the
+        # utterance plus final_ctx_margin_s (STT_FINAL_CTX, STT_FINAL_CTX_MARGIN_S)
+        self.final_ctx, self.final_ctx_margin_s = final_ctx, float(final_ctx_margin_s)
+        # makes a fresh spark_voice.turn.EndOfTurn per stream (None: fixed silence ends turns)
+        self.end_of_turn = end_of_turn
         self.model_path = Path(model_path)
         self.language = (language or "auto").strip().lower()
         self.n_threads = int(n_threads)
@@ -118,8 +129,15 @@ class WhisperCppSTT(BaseBackend):
                   vad_model=vad, vad_threshold=settings.stt_vad_threshold,
                   partial_interval_ms=settings.stt_partial_interval_ms, silence_ms=settings.stt_silence_ms,
                   max_utterance_s=settings.stt_max_utterance_s, use_gpu=settings.backend == "cuda",
-                  endpoint=settings.stt_endpoint)
+                  endpoint=settings.stt_endpoint, final_ctx=settings.stt_final_ctx,
+                  final_ctx_margin_s=settings.stt_final_ctx_margin_s)
         stt._vad_error = vad_error
+        if settings.stt_turn_detection != "off":
+            def end_of_turn() -> EndOfTurn | None:
+                from ...turn import build_end_of_turn
+
+                return build_end_of_turn(settings)
+            stt.end_of_turn = end_of_turn
         return stt
 
     # ------------------------------------------------------------- lifecycle
@@ -207,6 +225,21 @@ class WhisperCppSTT(BaseBackend):
                     audio_ctx=0, max_tokens=0, temperature=0.0, temperature_inc=0.2,
                     print_progress=False, print_realtime=False, print_timestamps=False, print_special=False)
 
+    def fitted_ctx(self, seconds: float, margin_s: float | None = None) -> int:
+        """Encoder frames (20 ms each) for a final of `seconds`: the audio plus a margin, rounded up to
+        64, at least FINAL_MIN_CTX, at most 1500 (whisper's whole window)."""
+        margin = self.final_ctx_margin_s if margin_s is None else margin_s
+        return min(1500, max(FINAL_MIN_CTX, math.ceil((seconds + margin) * 50 / 64) * 64))
+
+    def _final_params(self, language: str, seconds: float) -> dict[str, Any]:
+        """A whole-file / final decode: full context, or (STT_FINAL_CTX=fitted) an encoder context
+        fitted to the audio and one segment (with a short context whisper.cpp otherwise seeks on
+        and may write a second, hallucinated segment such as "Thank you." over the tail)."""
+        p = self._full_params(language)
+        if self.final_ctx == "fitted" and seconds <= WINDOW_S:
+            p.update(audio_ctx=self.fitted_ctx(seconds), single_segment=True)
+        return p
+
     def _partial_params(self, language: str, seconds: float) -> dict[str, Any]:
         ctx = min(1500, max(PARTIAL_MIN_CTX, math.ceil((seconds + PARTIAL_MARGIN_S) * 50 / 64) * 64))
         p = self._full_params(language)
@@ -234,7 +267,8 @@ class WhisperCppSTT(BaseBackend):
         if len(samples) < int(PAD_TO_S * SR):  # whisper.cpp returns nothing for input under 1 s
             samples = np.concatenate([samples, np.zeros(int(PAD_TO_S * SR) - len(samples), np.float32)])
         samples = np.ascontiguousarray(samples, dtype=np.float32)
-        params = self._partial_params(language, len(samples) / SR) if partial else self._full_params(language)
+        params = (self._partial_params(language, len(samples) / SR) if partial
+                  else self._final_params(language, len(samples) / SR))
         with self._infer_lock:
             model = self._model
             if model is None or self._pw is None:
@@ -331,8 +365,8 @@ class WhisperCppSTT(BaseBackend):
         model = self._model
         if model is None:
             raise ModelNotFound(f"{self.model_path}: the model was closed")
-        params = self._full_params(language or "auto")
         samples = np.ascontiguousarray(audio.samples, dtype=np.float32)
+        params = self._final_params(language or "auto", len(samples) / SR)
         return lambda: model.transcribe(samples, **params)
 
     # ------------------------------------------------------------- streaming
@@ -353,7 +387,13 @@ class WhisperCppSTT(BaseBackend):
         for this stream only.
         """
         self.load()
+        eot = None
+        if self.end_of_turn is not None and not silence_ms:
+            try:
+                eot = self.end_of_turn()
+            except Exception as exc:  # no model: the fixed silence still ends turns
+                self._warn(f"end-of-turn detection off ({exc}); turns end after STT_SILENCE_MS of silence")
         return WhisperCppStream(self, self._check_language(language or self.language),
                                 partial_interval_ms=partial_interval_ms or self.partial_interval_ms,
                                 silence_ms=silence_ms or self.silence_ms,
-                                max_utterance_s=max_utterance_s or self.max_utterance_s)
+                                max_utterance_s=max_utterance_s or self.max_utterance_s, end_of_turn=eot)

@@ -11,9 +11,17 @@ segment, no timestamps, no temperature fallback and a token cap, so their cost g
 utterance, not with 30 s. An utterance reaching STT_MAX_UTTERANCE_S is finalised there and a new
 one continues. At the end of speech come ``speech_end`` and ``final``; the final is decoded with
 exactly the parameters of :meth:`WhisperCppSTT.transcribe`, so a streamed clip and the whole clip
-give the same text. An utterance whose final text is empty (noise) gives ``speech_end`` without
-``final``. ``audio_time`` of an event is the seconds of input consumed when it was detected. The
-VAD's onnxruntime session uses 1 intra-op thread without spinning.
+give the same text (STT_FINAL_CTX=fitted by default: an encoder context fitted to the utterance,
+see the recognizer).
+
+End of turn: with an end-of-turn model (STT_TURN_DETECTION=on, :mod:`spark_voice.turn`) the VAD
+reports pauses of STT_TURN_SHORT_SILENCE_MS; the model hears the utterance and either ends the
+turn there (``speech_end`` ``reason="complete"``) or the stream keeps listening: speech continues
+the same utterance, and STT_TURN_LONG_SILENCE_MS of silence ends it (``reason="timeout"``).
+Without it the turn ends after STT_SILENCE_MS (``reason="silence"``). ``speech_end`` carries the
+silence waited after the voice stopped (``silence_ms``). An utterance whose final text is empty
+(noise) gives ``speech_end`` without ``final``. ``audio_time`` of an event is the seconds of input
+consumed when it was detected. The VAD's onnxruntime session uses 1 intra-op thread without spinning.
 """
 
 from __future__ import annotations
@@ -30,22 +38,29 @@ from .filters import join_texts
 from .windowing import is_silent
 
 if TYPE_CHECKING:
+    from ...turn import EndOfTurn
     from .recognizer import WhisperCppSTT
 
 __all__ = ["WhisperCppStream"]
 
 SR = SAMPLE_RATE_STT
 PREROLL_S = 0.3            # audio kept before the VAD start of an utterance
+FRAME_MS = FRAME * 1000.0 / SR  # one VAD frame (512 samples at 16 kHz = 32 ms)
 
 
 class WhisperCppStream:
     """One live audio stream; see the module docstring. Not thread-safe (one feeder)."""
 
     def __init__(self, stt: WhisperCppSTT, language: str, *, partial_interval_ms: int, silence_ms: int,
-                 max_utterance_s: float) -> None:
+                 max_utterance_s: float, end_of_turn: EndOfTurn | None = None) -> None:
         self.stt, self.language = stt, language
         self._vad = stt.load_vad().new_state()
-        self._det = SpeechDetector(threshold=stt.vad_threshold, min_silence_ms=silence_ms)
+        # with an end-of-turn model the VAD reports short pauses and the model decides (see turn/)
+        self.end_of_turn = end_of_turn
+        self._silence_ms = end_of_turn.short_ms if end_of_turn is not None else silence_ms
+        self._det = SpeechDetector(threshold=stt.vad_threshold, min_silence_ms=self._silence_ms)
+        self._pause_at = 0
+        self._voiced = 0           # VAD frames at or above the threshold in the current utterance
         self._partial_step = int(partial_interval_ms * SR / 1000)
         self._max_utt = int(max_utterance_s * SR)
         self._preroll = int(PREROLL_S * SR)
@@ -103,14 +118,37 @@ class WhisperCppStream:
             self._frames_end += FRAME
             end = self._frames_end
             ev = self._det.feed(float(p))
+            if p >= self.stt.vad_threshold:
+                self._voiced += 1
+            eot = self.end_of_turn
+            if ev == "start" and eot is not None and eot.holding and self._utt_start is not None:
+                eot.resume()  # the user went on after a mid-turn pause: the same utterance continues
+                continue
+            if ev == "end" and eot is not None and self._utt_start is not None:
+                self._pause_at = end - self._det.min_silence_frames * FRAME
+                if not eot.on_pause(self._slice(self._utt_start, end)):
+                    continue  # incomplete: keep listening up to the long silence
+                ev = "turn_end"
+            if (ev is None and eot is not None and eot.holding and self._utt_start is not None
+                    and eot.waited((end - self._pause_at) * 1000.0 / SR)):
+                ev = "turn_end"
             if ev == "start":
+                self._voiced = 0
                 self._utt_start = max(self._base, end - FRAME - self._preroll)
                 self._next_partial = end + self._partial_step
                 self._last_partial, self._partial_lang = "", ""
                 events.append(SttEvent("speech_start", audio_time=end / SR, language=self._lang_hint()))
-            elif ev == "end":
-                events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint()))
-                events += self._final(end)
+            elif ev in ("end", "turn_end"):
+                waited = self._det.min_silence_frames * FRAME if eot is None else end - self._pause_at
+                reason = "silence" if eot is None else ("complete" if eot.last_probability is not None
+                                                        and eot.last_probability >= eot.threshold else "timeout")
+                events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(),
+                                       silence_ms=round(waited * 1000.0 / SR, 1), reason=reason))
+                # after a held pause the final hears the speech plus the short pause, not 2 s of silence
+                until = self._pause_at + self._det.min_silence_frames * FRAME if reason == "timeout" else None
+                events += self._final(end, until)
+            elif eot is not None and eot.holding:
+                pass  # a held pause: no partials, no utterance cap
             elif self._utt_start is not None:
                 if end - self._utt_start >= self._max_utt:
                     events += self._final(end)  # cap reached: finalise, the speech goes on
@@ -127,6 +165,11 @@ class WhisperCppStream:
             keep_from = max(self._base, self._frames_end - self._preroll)
             self._drop_before(keep_from)
         return events
+
+    @property
+    def voiced_ms(self) -> float:
+        """Voiced audio (VAD at or above the threshold) of the utterance in progress, in ms."""
+        return self._voiced * FRAME_MS if self._utt_start is not None else 0.0
 
     def _lang_hint(self) -> str:
         return "" if self.language == "auto" else self.language
@@ -166,11 +209,12 @@ class WhisperCppStream:
         self._last_partial = text
         return [SttEvent("partial", text, audio_time=end / SR, language=detected)]
 
-    def _final(self, end: int) -> list[SttEvent]:
+    def _final(self, end: int, until: int | None = None) -> list[SttEvent]:
+        """Decode the utterance [start, until or end); `until` leaves out a long held silence."""
         start, self._utt_start = self._utt_start, None
         if start is None:
             return []
-        samples = self._slice(start, end).copy()
+        samples = self._slice(start, min(end, until) if until is not None else end).copy()
         self._drop_before(max(self._base, end - self._preroll))
         if is_silent(samples):
             return []
@@ -188,8 +232,10 @@ class WhisperCppStream:
             events += self._push(tail)
         end = self._base + self._len
         if self._utt_start is not None:
-            events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint()))
+            events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(), reason="flush"))
             events += self._final(end)
+        if self.end_of_turn is not None:
+            self.end_of_turn.reset()
         self._det.reset()
         self._vad.reset()
         self._len = 0

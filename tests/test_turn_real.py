@@ -1,0 +1,188 @@
+"""Turn-taking on the real engines: Smart Turn v3.2 (ONNX) on the bundled pause / complete /
+back-channel clips (made with our own voices), in whisper.cpp streams and in a VoiceSession."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, ROOT, cer, need, need_module, wer
+from spark_voice.backends.base import Audio
+
+pytestmark = pytest.mark.real
+SR = 16000
+
+
+def clip(name: str) -> Audio:
+    from spark_voice.audio.io import load_audio
+
+    p = EXAMPLES / f"{name}.wav"
+    need(p.is_file(), f"{p} missing")
+    return load_audio(p, SR)
+
+
+@pytest.fixture(scope="module")
+def settings():
+    from spark_voice.config import Settings
+
+    return Settings.load(ROOT, environ={}, profile="dev", STT_THREADS="2", TTS_THREADS="2", LLM_THREADS="2")
+
+
+@pytest.fixture(scope="module")
+def turn_model(settings):
+    need_module("onnxruntime", "stt")
+    from spark_voice.turn import find_turn_model, load_turn_model
+
+    try:
+        path = find_turn_model(settings)
+    except Exception as exc:
+        need(False, f"{exc}")
+    return load_turn_model(path, threads=2)
+
+
+def test_features_match_pipecat_reference(turn_model):
+    """Our numpy log-mel equals the extractor shipped next to the model (pipecat's vendored copy of
+    transformers' WhisperFeatureExtractor), loaded from its file without importing pipecat."""
+    from spark_voice.turn.features import last_window, log_mel
+    from spark_voice.turn.smart_turn import packaged_turn_model
+
+    ref_file = packaged_turn_model().parent.parent / "_whisper_features.py"
+    need(ref_file.is_file(), f"{ref_file} missing (pip install --no-deps pipecat-ai)")
+    spec = importlib.util.spec_from_file_location("_pipecat_whisper_features", ref_file)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    for name in ("question_ja", "pause_en"):
+        x = last_window(clip(name).samples)
+        np.testing.assert_allclose(log_mel(x), ref.compute_whisper_log_mel_features(x), atol=1e-5)
+    assert turn_model.features(clip("question_en").samples).shape == (1, 80, 800)
+
+
+def _pause_points(samples: np.ndarray, settings) -> list[int]:
+    """Sample positions 200 ms after each point where the VAD sees the voice stop."""
+    from spark_voice.audio.vad import FRAME, find_vad_model, load_vad
+
+    p = load_vad(find_vad_model(settings)).probs(samples)
+    voiced = p >= 0.5
+    return [min(len(samples), (i + 7) * FRAME) for i in range(1, len(p)) if voiced[i - 1] and not voiced[i]]
+
+
+@pytest.mark.parametrize("name", ["pause_ja", "pause_en"])
+def test_model_hears_the_mid_sentence_pause_as_incomplete(turn_model, settings, name):
+    a = clip(name).samples
+    points = _pause_points(a, settings)
+    # the pause of 0.6 s sits in the middle of the clip
+    mid = [c for c in points if 1.0 * SR < c < len(a) - 1.2 * SR]
+    assert mid, points
+    assert turn_model.predict(a[:mid[-1]]) < 0.5
+    assert turn_model.predict(a) >= 0.5  # the whole sentence is complete
+
+
+@pytest.mark.parametrize("name", ["question_ja", "question_en"])
+def test_model_hears_complete_questions(turn_model, name):
+    assert turn_model.predict(clip(name).samples) >= 0.5
+
+
+def _stt(settings, language: str, **kw):
+    need_module("pywhispercpp", "stt")
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+
+    s = settings.model_copy(update={"stt_language": language, "stt_model": "ggml-base.bin", **kw})
+    need(s.model_path("stt").is_file(), "ggml-base.bin missing: run `spark-voice models prepare --small`")
+    stt = WhisperCppSTT.from_settings(s)
+    stt.load()
+    return stt
+
+
+def _events(stt, audio: Audio, language: str):
+    s = stt.stream(language)
+    assert s.end_of_turn is not None
+    out = []
+    for i in range(0, len(audio.samples), SR // 50):
+        out += s.feed(Audio(audio.samples[i:i + SR // 50], SR))
+    return out + s.flush()
+
+
+@pytest.mark.parametrize("name", ["pause_ja", "pause_en"])
+def test_stream_waits_through_the_pause(settings, name):
+    """No early cut-off: one utterance, one final with both halves of the sentence."""
+    lang = name[-2:]
+    stt = _stt(settings, lang)
+    try:
+        evs = _events(stt, clip(name), lang)
+    finally:
+        stt.close()
+    finals = [e for e in evs if e.kind == "final"]
+    assert len(finals) == 1 and [e.kind for e in evs].count("speech_start") == 1, [(e.kind, e.text) for e in evs]
+    text = finals[0].text
+    words = ("会議", "時") if lang == "ja" else ("weather", "weekend")
+    assert all(w in text.lower() for w in words), text
+    end = next(e for e in evs if e.kind == "speech_end")
+    assert end.reason in ("complete", "timeout", "flush")
+
+
+@pytest.mark.parametrize("name", ["question_ja", "question_en"])
+def test_stream_ends_a_complete_turn_early(settings, name):
+    lang = name[-2:]
+    stt = _stt(settings, lang)
+    try:
+        evs = _events(stt, clip(name), lang)
+    finally:
+        stt.close()
+    end = next(e for e in evs if e.kind == "speech_end")
+    assert end.reason == "complete" and end.silence_ms < settings.stt_silence_ms
+    assert len([e for e in evs if e.kind == "final"]) == 1
+
+
+def test_fitted_final_matches_the_full_context(settings):
+    stt = _stt(settings, "ja")
+    try:
+        for name in ("question_en", "question_ja", "pause_ja"):
+            a, lang = clip(name), name[-2:]
+            stt.final_ctx = "full"
+            full = stt.transcribe(a, lang).text
+            stt.final_ctx = "fitted"
+            fitted = stt.transcribe(a, lang).text
+            assert stt._final_params(lang, a.duration)["audio_ctx"] == 512  # short clip: the minimum
+            score = cer(full, fitted) if lang == "ja" else wer(full, fitted)
+            assert score <= 0.05, (name, full, fitted)
+    finally:
+        stt.close()
+
+
+def test_voice_session_backchannel_does_not_interrupt(settings):
+    """The real pipeline (whisper, SmolLM2, Kokoro): "はい" spoken over the answer pauses it, the
+    answer resumes and finishes, no new turn starts."""
+    from spark_voice.pipeline import VoicePipeline
+    from spark_voice.session import VoiceSession
+
+    need(settings.model_path("llm").is_file(), "LLM missing: run `spark-voice models prepare --small`")
+    pipe = VoicePipeline.from_settings(settings.model_copy(update={"stt_language": "ja", "llm_max_tokens": 48,
+                                                                   "rag_enabled": "off"}))
+    events: list = []
+    try:
+        sess = VoiceSession(pipe, events.append)
+        for name, pace in (("question_ja", 0.0), ("backchannel_ja", 0.02)):
+            if name == "backchannel_ja":
+                deadline = time.time() + 120
+                while not any(e.stage == "tts.chunk" for e in events) and time.time() < deadline:
+                    time.sleep(0.05)
+                assert any(e.stage == "tts.chunk" for e in events), "no answer audio"
+            a = clip(name).samples
+            for i in range(0, len(a), SR // 50):
+                sess.feed(Audio(a[i:i + SR // 50], SR))
+                if pace:
+                    time.sleep(pace)
+        sess.flush()
+        sess.wait(180)
+        sess.close()
+    finally:
+        pipe.close()
+    stages = [e.stage for e in events]
+    finals = [e.text for e in events if e.stage == "stt.final"]
+    assert "turn.barge_in" not in stages, finals
+    done = [e for e in events if e.stage == "turn.done"]
+    assert len(done) == 1 and not done[0].data.get("cancelled")
+    assert "turn.paused" in stages and "turn.resumed" in stages, finals
