@@ -216,9 +216,8 @@ MESSAGES = [{"role": "system", "content": "You are a terse voice assistant."},
 def tiny(tmp_path_factory):
     need_module("gguf", "convert")
     need_module("llama_cpp", "llm")
-    from tiny_gptoss import build_tiny_gptoss
-
     from spark_voice.backends.llm_llama_cpp import LlamaCppLLM
+    from tiny_gptoss import build_tiny_gptoss
 
     path = build_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny-gpt-oss.gguf")
     llm = LlamaCppLLM(path, n_ctx=2048, n_threads=2, backend="cpu", reasoning_effort="high",

@@ -196,9 +196,8 @@ def _check_call(name: str, arguments: str) -> None:
 def tiny_gptoss(tmp_path_factory):
     need_module("gguf", "convert")
     need_module("llama_cpp", "llm")
-    from tiny_gptoss import build_tiny_gptoss
-
     from spark_voice.backends.llm_llama_cpp import LlamaCppLLM
+    from tiny_gptoss import build_tiny_gptoss
 
     path = build_tiny_gptoss(tmp_path_factory.mktemp("gptoss") / "tiny-gpt-oss.gguf")
     llm = LlamaCppLLM(path, n_ctx=1024, n_threads=2, backend="cpu", temperature=0.8, seed=3, max_tokens=48)

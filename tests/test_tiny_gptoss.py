@@ -9,6 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before llama.cpp loads Op
 import importlib.util
 
 import pytest
+
 from tiny_gptoss import GPT_OSS_CHAT_TEMPLATE, build_tiny_gptoss
 
 for _mod, _pip in (("gguf", "pip install gguf"), ("llama_cpp", "pip install llama-cpp-python")):

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from fish_fake import FakeState, install
 
+from fish_fake import FakeState, install
 from spark_voice.backends.mock import MockTTS
 from spark_voice.backends.registry import Fallback
 from spark_voice.backends.tts_fish import CHECKPOINT_FILES, FishTTS

@@ -10,7 +10,6 @@ from ..cli_common import settings_from_args
 from ..types import ROLES
 
 
-
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 

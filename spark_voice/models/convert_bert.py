@@ -459,7 +459,7 @@ def reference_embed(src_dir: str | os.PathLike | None, texts: str | Sequence[str
         for li in range(int(hp["num_hidden_layers"])):
             p = f"encoder.layer.{li}."
 
-            def lin(inp, name):
+            def lin(inp, name, p=p):
                 return inp @ W[p + name + ".weight"].T + W[p + name + ".bias"]
 
             q = lin(x, "attention.self.query").reshape(n, nh, hd).transpose(1, 0, 2)

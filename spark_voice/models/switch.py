@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..types import ROLES
 from .. import fsutil
 from ..errors import ConfigError, ModelNotFound
+from ..types import ROLES
 from .inspect import TTS_REQUIRED_FILES, ModelInfo, describe, validate
 
 ROLE_VARS = {"llm": "LLM_MODEL", "stt": "STT_MODEL", "embedding": "EMBEDDING_MODEL", "tts": "TTS_MODEL_LOCAL_DIR"}
