@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import BackendUnavailable, MissingDependency, ModelNotFound
 from ..text import chunk_text
@@ -59,12 +60,15 @@ class PiperTTS(BaseBackend):
     role = "tts"
 
     def __init__(self, voice_dir: str | Path, *, threads: int = 2, default_voice: str = "",
-                 length_scale: float | None = None) -> None:
+                 length_scale: float | None = None, noise_scale: float | None = None,
+                 noise_w_scale: float | None = None) -> None:
         super().__init__()
         self.voice_dir = Path(voice_dir)
         self.threads = int(threads)
         self.default_voice = default_voice
-        self.length_scale = length_scale
+        # None: the voice's own values. 0 and 0: the same text always gives the same samples
+        # (piper's noise is sampled inside the ONNX graph) -- what tests that score speech need.
+        self.length_scale, self.noise_scale, self.noise_w_scale = length_scale, noise_scale, noise_w_scale
         self._files: dict[str, tuple[Path, Path, dict]] = {}
         self._voices: list[Voice] = []
         self._engines: dict[str, object] = {}  # name -> piper.PiperVoice (loaded on first use)
@@ -149,12 +153,16 @@ class PiperTTS(BaseBackend):
         v = pick_voice(self._voices, voice, language, self.default_voice)  # errors before any work
         return self._generate(text or "", v, cancel)
 
+    def _syn_config(self) -> Any:
+        _, _, SynthesisConfig = self._import()
+        return SynthesisConfig(length_scale=self.length_scale, noise_scale=self.noise_scale,
+                               noise_w_scale=self.noise_w_scale)
+
     def _generate(self, text: str, v: Voice, cancel: threading.Event | None) -> Iterator[Audio]:
         if not text.strip():
             return
         eng = self._engine(v.name)
-        _, _, SynthesisConfig = self._import()
-        syn = SynthesisConfig(length_scale=self.length_scale)
+        syn = self._syn_config()
         for chunk in chunk_text(text):
             if cancel is not None and cancel.is_set():
                 return
@@ -177,8 +185,7 @@ class PiperTTS(BaseBackend):
         self.load()
         v = pick_voice(self._voices, voice, language, self.default_voice)
         eng = self._engine(v.name)
-        _, _, SynthesisConfig = self._import()
-        gen = eng.synthesize(text, syn_config=SynthesisConfig(length_scale=self.length_scale))
+        gen = eng.synthesize(text, syn_config=self._syn_config())
 
         def first_chunk() -> object:
             try:
