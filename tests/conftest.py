@@ -105,40 +105,8 @@ def synthesize(text: str, language: str, threads: int = 1):
     return Audio.concat(chunks)
 
 
-def _edit_distance(ref, hyp) -> int:
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[len(hyp)]
-
-
-def words(text: str) -> list[str]:
-    import re
-
-    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
-
-
-def wer(ref: str, hyp: str) -> float:
-    r = words(ref)
-    return _edit_distance(r, words(hyp)) / max(1, len(r))
-
-
-_KANJI_DIGITS = str.maketrans("〇一二三四五六七八九", "0123456789")
-
-
-def norm_ja(text: str) -> str:
-    """NFKC (full/half width), kanji digits -> digits, no punctuation or spaces."""
-    import unicodedata
-
-    t = unicodedata.normalize("NFKC", text).translate(_KANJI_DIGITS)
-    return "".join(ch for ch in t if not (unicodedata.category(ch)[0] in "PZS" or ch.isspace()))
-
-
-def cer(ref: str, hyp: str) -> float:
-    r = norm_ja(ref)
-    return _edit_distance(r, norm_ja(hyp)) / max(1, len(r))
+# WER / CER: the scoring the benchmarks use too (spark_voice.bench.scoring)
+from spark_voice.bench.scoring import cer, norm_ja, wer, words  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------ the turn harness

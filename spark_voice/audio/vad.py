@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependency, ModelNotFound
+from ..onnx import cpu_session
 
 SAMPLE_RATE = 16_000
 FRAME = 512          # samples per model call at 16 kHz (32 ms)
@@ -86,24 +87,7 @@ class SileroVAD:
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelNotFound(f"{self.path}: VAD model file does not exist")
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise MissingDependency("onnxruntime", "stt", str(exc)) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelNotFound(f"{self.path}: not a loadable silero VAD ONNX model ({exc})") from None
+        self.session = cpu_session(self.path, threads, what="silero VAD")
         names = {i.name for i in self.session.get_inputs()}
         if not {"input", "state", "sr"} <= names:
             raise ModelNotFound(f"{self.path}: unexpected VAD model inputs {sorted(names)} "

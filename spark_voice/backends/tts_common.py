@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from ..errors import VoiceError
+from ..onnx import import_onnxruntime, session_options
 from ..types import Audio, Voice
 
 # a pause after every sentence chunk, so that consecutive chunks do not run into each other
@@ -54,29 +57,14 @@ def pick_voice(voices: Sequence[Voice], voice: str | None, language: str | None,
     return dflt or voices[0]
 
 
-def ort_session_options(threads: int):
-    """onnxruntime options for a CPU voice: explicit thread count, threads that sleep (no spinning)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return opts
+def ort_session_options(threads: int) -> Any:
+    """onnxruntime options for a CPU voice (see :func:`spark_voice.onnx.session_options`)."""
+    return session_options(threads)
 
 
-def ort_import():
-    """onnxruntime, or MissingDependency naming the extra."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        from ..errors import MissingDependency
-
-        raise MissingDependency("onnxruntime", "tts", str(exc)) from None
-    return onnxruntime
+def ort_import() -> ModuleType:
+    """onnxruntime, or MissingDependency naming the `tts` extra."""
+    return import_onnxruntime("tts")
 
 
 def with_pause(samples: np.ndarray, sample_rate: int, pause_s: float = CHUNK_PAUSE_S) -> Audio:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..audio.io import load_audio
 from ..types import SAMPLE_RATE_STT, Audio
+from .scoring import cer, wer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "examples" / "audio"
@@ -302,36 +303,6 @@ def margin_sweep(stt, clips: dict[str, tuple[Audio, str, str]], margins=(0.0, 0.
     finally:
         stt.final_ctx, stt.final_ctx_margin_s = saved
     return out
-
-
-def _edit_distance(ref, hyp) -> int:
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[len(hyp)]
-
-
-def wer(ref: str, hyp: str) -> float:
-    """Word error rate on lower-case words (the same scoring as tests/conftest.py)."""
-    import re
-
-    r = re.sub(r"[^a-z' ]+", " ", ref.lower()).split()
-    return _edit_distance(r, re.sub(r"[^a-z' ]+", " ", hyp.lower()).split()) / max(1, len(r))
-
-
-def cer(ref: str, hyp: str) -> float:
-    """Character error rate after NFKC, kanji digits -> digits, no punctuation (tests/conftest.py)."""
-    import unicodedata
-
-    tr = str.maketrans("〇一二三四五六七八九", "0123456789")
-
-    def norm(t: str) -> str:
-        t = unicodedata.normalize("NFKC", t).translate(tr)
-        return "".join(ch for ch in t if not (unicodedata.category(ch)[0] in "PZS" or ch.isspace()))
-    r = norm(ref)
-    return _edit_distance(r, norm(hyp)) / max(1, len(r))
 
 
 def _mean(xs, nd: int = 1) -> float | None:

@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import MissingDependency, ModelNotFound
+from ..onnx import cpu_session
 from .features import SAMPLE_RATE, last_window, log_mel
 
 log = logging.getLogger("spark_voice.turn")
@@ -97,24 +98,7 @@ class SmartTurnModel:
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelNotFound(f"{self.path}: end-of-turn model file does not exist")
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise MissingDependency("onnxruntime", "stt", str(exc)) from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelNotFound(f"{self.path}: not a loadable ONNX model ({exc})") from None
+        self.session = cpu_session(self.path, threads, what="end-of-turn model")
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         if "input_features" not in inputs:
             raise ModelNotFound(f"{self.path}: unexpected inputs {sorted(inputs)} (smart-turn v3 expects "
