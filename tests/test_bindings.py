@@ -245,7 +245,10 @@ def test_real_cpu_build(tmp_path):
 
 def test_pyproject_pins_match_env_default_refs():
     """The binding versions live in .env.default; pyproject's extras must ask for the same ones."""
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:  # 3.10: the copy pip vendors
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
 
     from dotenv import dotenv_values
 

