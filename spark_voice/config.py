@@ -212,7 +212,19 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8080, ge=1, le=65535)
     serve_api_key: str = ""
+    serve_insecure: bool = False
+    serve_token_ttl_min: float = Field(10.0, gt=0, le=1440)
     serve_max_body_mb: float = Field(25.0, gt=0, le=4096)
+    serve_max_audio_s: float = Field(900.0, gt=0, le=86_400)
+    serve_max_json_depth: int = Field(32, ge=2, le=512)
+    serve_max_chat_chars: int = Field(200_000, ge=1, le=100_000_000)
+    serve_max_embedding_chars: int = Field(32_000, ge=1, le=100_000_000)
+    serve_max_embedding_inputs: int = Field(2048, ge=1, le=1_000_000)
+    serve_max_sessions: int = Field(8, ge=1, le=10_000)
+    serve_ws_idle_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    serve_ws_max_session_s: float = Field(3600.0, gt=0, le=7 * 86_400)
+    serve_ws_max_pending_s: float = Field(30.0, gt=0, le=3600)
+    serve_ws_send_queue: int = Field(256, ge=8, le=100_000)
     serve_queue_size: int = Field(8, ge=1, le=10_000)
     serve_queue_timeout_s: float = Field(120.0, gt=0, le=3600)
     serve_latency_window: int = Field(20, ge=1, le=10_000)

@@ -43,6 +43,18 @@ class AudioError(SparkVoiceError, ValueError):
     """Audio could not be decoded or is unusable; the message names the file and the reason."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a configured limit (e.g. SERVE_MAX_AUDIO_S); found before or while decoding."""
+
+
+class InputTooLarge(SparkVoiceError, ValueError):
+    """A request exceeds a size limit (characters, inputs, nesting); the message names the setting."""
+
+    def __init__(self, msg: str, param: str | None = None):
+        super().__init__(msg)
+        self.param = param
+
+
 class VoiceError(SparkVoiceError, ValueError):
     """Unknown or invalid TTS voice; the message lists the available voices."""
 

@@ -26,11 +26,22 @@ EXTENSIONS = {"opus": ".ogg", "wav": ".wav", "flac": ".flac", "pcm": ".pcm"}
 
 
 def load_audio(src: AudioInput, sample_rate: int | None = None, *, source_rate: int | None = None,
-               name: str | None = None) -> Audio:
+               name: str | None = None, max_seconds: float | None = None) -> Audio:
     """Decode a path, encoded bytes, a numpy array (needs `source_rate`) or Audio into mono float32.
 
     With `sample_rate`, the result is resampled to it. Raises AudioError naming the file and reason.
+    max_seconds: for untrusted files or bytes: refuse (AudioTooLong) audio longer than this, from
+    the header before decoding when it tells the length, else while decoding block by block; the
+    sample rate must also be plausible (see :mod:`spark_voice.audio.limits`).
     """
+    if max_seconds is not None and isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
+        from .limits import decode_bounded
+
+        if not isinstance(src, (bytes, bytearray, memoryview)) and not Path(os.fspath(src)).is_file():
+            raise AudioError(f"{src}: no such file")
+        return decode_bounded(src, max_seconds=max_seconds, sample_rate=sample_rate,
+                              name=name or (str(src) if not isinstance(src, (bytes, bytearray, memoryview))
+                                            else "<bytes>"))
     if isinstance(src, Audio):
         audio = src
     elif isinstance(src, np.ndarray):

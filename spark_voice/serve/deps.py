@@ -10,18 +10,32 @@ from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterator, Callable, Iterator, TypeVar, cast
 
 from fastapi import Request
+from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from ..backends.base import Backend, Embedder, LanguageModel, SpeechToText, TextToSpeech
 from ..events import new_request_id
 from ..types import Role
 from .engines import Ticket, iterate_in_thread
+from .limits import OFFLOAD_JSON_BYTES
 from .openai_compat import ApiError, api_error
+from .schemas import parse_body
 from .state import ServerState
 
 log = logging.getLogger("spark_voice.serve")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, state: ServerState, model: type[M]) -> M:
+    """The request's JSON body as a validated `model` (400 in OpenAI's shape otherwise); nesting
+    limited by SERVE_MAX_JSON_DEPTH; large bodies are parsed in a worker thread, off the loop."""
+    raw = await request.body()
+    depth = state.settings.serve_max_json_depth
+    if len(raw) > OFFLOAD_JSON_BYTES:
+        return await state.runner.call(parse_body, raw, model, depth)
+    return parse_body(raw, model, depth)
 
 
 def get_state(conn: HTTPConnection) -> ServerState:

@@ -89,10 +89,11 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception as exc:  # noqa: BLE001 - the server stays up, the client gets JSON
+        except Exception:  # noqa: BLE001 - the server stays up, the client gets JSON
             log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
             if not started:
-                await send_json(send, 500, error_body(f"internal error: {type(exc).__name__}: {exc}",
+                # the details go to the log (with the request id), never to the client
+                await send_json(send, 500, error_body(f"internal error (request id {rid}); see the server log",
                                                       "server_error", code="internal_error"), rid)
                 status = 500
         finally:

@@ -8,10 +8,12 @@ from typing import Any
 
 from ..errors import (
     AudioError,
+    AudioTooLong,
     BackendUnavailable,
     Cancelled,
     ConfigError,
     ContextOverflow,
+    InputTooLarge,
     Overloaded,
     RagIndexError,
     SparkVoiceError,
@@ -55,6 +57,10 @@ def api_error(exc: BaseException, stage: str = "") -> ApiError:
     if isinstance(exc, Overloaded):
         ra = str(int(max(1, round(exc.retry_after))))
         return ApiError(429, str(exc), "rate_limit_error", code="engine_overloaded", headers={"Retry-After": ra})
+    if isinstance(exc, AudioTooLong):
+        return ApiError(413, str(exc), param="file", code="audio_too_long")
+    if isinstance(exc, InputTooLarge):
+        return ApiError(413, str(exc), param=exc.param, code="input_too_large")
     if isinstance(exc, AudioError):
         return ApiError(400, str(exc), param="file", code="invalid_audio")
     if isinstance(exc, VoiceError):

@@ -10,10 +10,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from ..errors import InputTooLarge
+from .limits import check_json_depth
 from .openai_compat import SPEECH_FORMATS, ApiError, bad_request
 
 MAX_SPEECH_CHARS = 4096
-MAX_EMBEDDING_INPUTS = 2048
+DEFAULT_MAX_JSON_DEPTH = 32  # = SERVE_MAX_JSON_DEPTH's default; routes pass the setting
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 # Custom error types raised by validators below that are also the OpenAI error `code`.
@@ -240,8 +242,6 @@ class EmbeddingsRequest(_Body):
             raise _invalid("`input` must be a non-empty string or a non-empty list of strings")
         if not all(isinstance(t, str) for t in texts):
             raise _invalid("token-id input is not supported; send strings")
-        if len(texts) > MAX_EMBEDDING_INPUTS:
-            raise _invalid(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
         if any(not t.strip() for t in texts):
             raise _invalid("`input` must not contain empty strings")
         return v
@@ -276,7 +276,13 @@ def validation_error(exc: ValidationError) -> ApiError:
     return bad_request(f"`{param}`: {msg}" if param and not msg.startswith("`") else msg, param=param, code=code)
 
 
-def parse_json(raw: bytes) -> object:
+def parse_json(raw: bytes | str, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> object:
+    """JSON text -> object, or a 400 ApiError (invalid_json) naming the reason: syntax, or nesting
+    deeper than `max_depth` (measured before json.loads, see limits.json_depth)."""
+    try:
+        check_json_depth(raw, max_depth)
+    except InputTooLarge as exc:
+        raise bad_request(f"the request body is not accepted: {exc}", code="invalid_json") from None
     try:
         return json.loads(raw or b"null")
     except (ValueError, RecursionError) as exc:
@@ -284,9 +290,9 @@ def parse_json(raw: bytes) -> object:
         raise bad_request(f"the request body is not valid JSON: {reason}", code="invalid_json") from None
 
 
-def parse_body(raw: bytes, model: type[M]) -> M:
+def parse_body(raw: bytes, model: type[M], max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> M:
     """JSON bytes -> a validated request model, or an ApiError 400 in OpenAI's shape."""
-    body = parse_json(raw)
+    body = parse_json(raw, max_depth)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
     try:

@@ -10,13 +10,14 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from ...audio.io import MEDIA_TYPES, StreamEncoder, encoded_rate, load_audio
+from ...audio.io import MEDIA_TYPES, StreamEncoder, encoded_rate
+from ...audio.limits import decode_bounded
 from ...text import guess_language
 from ...types import SAMPLE_RATE_STT, Audio
-from ..deps import admit, fail, get_state, iterate, peek, request_id, stt_engine, tts_engine
+from ..deps import admit, fail, get_state, iterate, peek, read_body, request_id, stt_engine, tts_engine
 from ..middleware import BodyTooLarge
 from ..openai_compat import OPENAI_VOICES, PCM_DEFAULT_RATE, ApiError, api_error, bad_request, transcription_body
-from ..schemas import TRANSCRIPTION_FORMATS, SpeechRequest, parse_body
+from ..schemas import TRANSCRIPTION_FORMATS, SpeechRequest
 from ..state import ServerState
 
 router = APIRouter(tags=["openai"])
@@ -56,13 +57,19 @@ async def transcriptions(request: Request, state: ServerState = Depends(get_stat
     if language == "auto":
         language = None
     stt = stt_engine(state)
-    try:
-        audio: Audio = await state.runner.call(lambda: load_audio(bytes(data), SAMPLE_RATE_STT, name=name))
-    except Exception as exc:
-        raise api_error(exc, "stt") from None
-    if audio.duration == 0:
-        raise ApiError(400, f"{name}: the audio is empty", param="file", code="invalid_audio")
+    # a place in the engine queue first (429 when full): decoding is the heavy part of a bomb
     ticket = admit(state, "stt")
+    max_s = float(state.settings.serve_max_audio_s)
+    try:
+        audio: Audio = await state.runner.call(
+            lambda: decode_bounded(data, max_seconds=max_s, sample_rate=SAMPLE_RATE_STT, name=name))
+        if audio.duration == 0:
+            raise ApiError(400, f"{name}: the audio is empty", param="file", code="invalid_audio")
+    except BaseException as exc:
+        ticket.abandon()
+        if isinstance(exc, Exception):
+            raise api_error(exc, "stt") from None
+        raise
     t1 = time.perf_counter()
     try:
         tr = await state.runner.gated(ticket, stt.transcribe, audio, language)
@@ -81,7 +88,7 @@ async def transcriptions(request: Request, state: ServerState = Depends(get_stat
 async def speech(request: Request, state: ServerState = Depends(get_state)) -> StreamingResponse:
     rid = request_id(request)
     t0 = time.perf_counter()
-    req = parse_body(await request.body(), SpeechRequest)
+    req = await read_body(request, state, SpeechRequest)
     settings = state.settings
     fmt = req.response_format or settings.tts_output_format
     text = req.input
@@ -110,17 +117,18 @@ async def speech(request: Request, state: ServerState = Depends(get_state)) -> S
     t_first = time.perf_counter()
 
     async def audio_bytes() -> AsyncIterator[bytes]:
+        # resampling and encoding (Opus, FLAC) run in worker threads: the loop only moves bytes
         done = False
         try:
             if has_first and first is not None:
-                piece = enc.add(first)
+                piece = await state.runner.call(enc.add, first)
                 if piece:
                     yield piece
                 async for chunk in agen:
-                    piece = enc.add(chunk)
+                    piece = await state.runner.call(enc.add, chunk)
                     if piece:
                         yield piece
-            tail = enc.finish() if has_first else b""
+            tail = await state.runner.call(enc.finish) if has_first else b""
             if tail:
                 yield tail
             done = True

@@ -18,9 +18,10 @@ from ...errors import ToolError
 from ...prompt import with_context
 from ...tools import ToolChoice, new_call_id, normalize_tool_choice
 from ...types import LlmDelta
-from ..deps import admit, fail, get_state, iterate, llm_engine, model_ids, peek, prepend, request_id, sse
+from ..deps import admit, fail, get_state, iterate, llm_engine, model_ids, peek, prepend, read_body, request_id, sse
+from ..limits import check_chat, clamp_max_tokens
 from ..openai_compat import bad_request, chat_chunk, chat_completion
-from ..schemas import ChatRequest, parse_body
+from ..schemas import ChatRequest
 from ..state import ServerState
 
 router = APIRouter(tags=["openai"])
@@ -33,10 +34,11 @@ Message = dict[str, Any]
 async def chat_completions(request: Request, state: ServerState = Depends(get_state)) -> Response:
     rid = request_id(request)
     t0 = time.perf_counter()
-    req = parse_body(await request.body(), ChatRequest)
+    req = await read_body(request, state, ChatRequest)
+    check_chat(req, state.settings)
     _refuse_unsupported(req)
     messages = req.prompt()
-    max_tokens = req.token_limit
+    max_tokens = clamp_max_tokens(req.token_limit, state.settings)
     llm = llm_engine(state)
     model = model_ids(state).get("llm", "llm")
     tools, tool_choice = _tools(req, llm, model)
