@@ -123,7 +123,7 @@ def auth() -> dict:
 
 # ------------------------------------------------------------------------------ health
 def test_health_ready_and_request_id(main_server):
-    r = httpx.get(main_server.url + "/health", headers={"X-Request-ID": "req-abc.1"})
+    r = httpx.get(main_server.url + "/health", headers={"X-Request-ID": "req-abc.1", **auth()})
     assert r.status_code == 200 and r.headers["x-request-id"] == "req-abc.1"
     h = r.json()
     assert h["status"] == "ok" and h["ready"] is True and h["profile"] == "mock"
@@ -134,8 +134,8 @@ def test_health_ready_and_request_id(main_server):
         assert p["is_mock"] is True and p["ready"] is True
     assert any("mock" in w for w in h["warnings"])
     assert h["rag"]["present"] is False and h["rag"]["active"] is False
-    rr = httpx.get(main_server.url + "/ready")
-    assert rr.status_code == 200 and rr.json()["ready"] is True
+    rr = httpx.get(main_server.url + "/ready")  # open for probes, without details
+    assert rr.status_code == 200 and rr.json()["ready"] is True and "endpoint" not in rr.json()["providers"]["llm"]
     assert len(rr.headers["x-request-id"]) >= 8  # generated when the client sends none
 
 
@@ -417,7 +417,11 @@ def test_ws_rejects_bad_key_and_bad_frames(main_server):
             async with websockets.connect(_ws_url(main_server)) as ws:
                 await ws.recv()
         assert "401" in str(ei.value) or "403" in str(ei.value)
-        async with websockets.connect(_ws_url(main_server) + f"?api_key={KEY}") as ws:
+        with pytest.raises(Exception) as ei:  # keys are read from headers only, never from the URL
+            async with websockets.connect(_ws_url(main_server) + f"?api_key={KEY}") as ws:
+                await ws.recv()
+        assert "401" in str(ei.value) or "403" in str(ei.value)
+        async with websockets.connect(_ws_url(main_server), additional_headers=auth()) as ws:
             await ws.recv()
             await ws.send(b"\x01\x02\x03")  # odd length: not PCM16
             await ws.send(json.dumps({"type": "start", "voice": "nobody"}))
@@ -448,7 +452,7 @@ def test_health_is_fast_during_generation(main_server):
     th.start()
     assert first.wait(10)
     # speed is measured by benchmarks/bench_server_load.py; here: /health answers (hang guard)
-    with httpx.Client(base_url=main_server.url, timeout=10) as h:
+    with httpx.Client(base_url=main_server.url, timeout=10, headers=auth()) as h:
         for _ in range(9):
             assert h.get("/health").status_code == 200
             time.sleep(0.02)
@@ -480,14 +484,15 @@ def test_50_concurrent_clients_succeed_or_get_429(main_server):
     assert codes.count(200) >= 5  # one running + SERVE_QUEUE_SIZE=4 waiting at least
     assert all(int(ra) >= 1 for code, ra in results if code == 429)
     assert all(text.startswith("You said: q") for code, text in results if code == 200)
-    h = httpx.get(main_server.url + "/health").json()
+    h = httpx.get(main_server.url + "/health", headers=auth()).json()
     q = h["providers"]["llm"]["queue"]
     assert q["active"] == 0 and q["waiting"] == 0
 
 
 def test_metrics_and_latency(main_server):
     client(main_server).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
-    text = httpx.get(main_server.url + "/metrics").text
+    assert httpx.get(main_server.url + "/metrics").status_code == 401  # the key is set: metrics need it
+    text = httpx.get(main_server.url + "/metrics", headers=auth()).text
     for name in ("spark_voice_requests_total", "spark_voice_request_duration_seconds_bucket",
                  "spark_voice_queue_depth", "spark_voice_fallbacks_total", "spark_voice_latency_seconds_bucket"):
         assert name in text, name

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable, VoiceError
+from ..errors import BackendUnavailable, ContextOverflow, VoiceError
 from ..text import chunk_text, guess_language
 from ..types import SAMPLE_RATE_STT, Audio, LlmDelta, Segment, SttEvent, Transcript, Voice
 from .base import BaseBackend
@@ -174,10 +174,32 @@ class MockLLM(_Mock):
 
     role = "llm"
 
-    def __init__(self, token_delay: float = 0.0, answer: str | None = None, fail: str | None = None) -> None:
+    def __init__(self, token_delay: float = 0.0, answer: str | None = None, fail: str | None = None,
+                 n_ctx: int | None = None, max_tokens: int = 256) -> None:
         super().__init__(fail)
         self.token_delay, self.answer = token_delay, answer
+        self.n_ctx, self.default_max_tokens = n_ctx, int(max_tokens)
         self.last_messages: list[dict] = []
+
+    @classmethod
+    def from_settings(cls, settings) -> "MockLLM":
+        """Honours LLM_CTX_SIZE like the real engine (a prompt that cannot fit is a ContextOverflow)."""
+        return cls(n_ctx=int(settings.llm_ctx_size), max_tokens=int(settings.llm_max_tokens))
+
+    def _check_context(self, messages: list[dict], max_tokens: int | None) -> None:
+        """Like LlamaCppLLM.fit: history may be dropped, but the system message + the last user
+        message + the answer's budget must fit in n_ctx (words stand in for tokens)."""
+        if self.n_ctx is None:
+            return
+        head = [m for m in messages[:1] if m.get("role") in ("system", "developer")]
+        last_user = [m for m in reversed(messages) if m.get("role") == "user"][:1]
+        need = self.count_prompt_tokens(head + last_user)
+        reserve = self.default_max_tokens if max_tokens is None else int(max_tokens)
+        if need + reserve > self.n_ctx:
+            raise ContextOverflow(
+                f"the prompt needs {need} tokens (system message + last user message) and {reserve} more are "
+                f"reserved for the answer, but the context holds {self.n_ctx} (LLM_CTX_SIZE); shorten the "
+                "message or raise LLM_CTX_SIZE")
 
     def _answer(self, messages: list[dict]) -> str:
         if self.answer is not None:
@@ -226,6 +248,7 @@ class MockLLM(_Mock):
                     tools: list[dict] | None = None, tool_choice=None,
                     stats: dict | None = None) -> Iterator[LlmDelta]:
         self._use()
+        self._check_context(list(messages), max_tokens)
         self.last_messages = list(messages)
         st = stats if stats is not None else {}
         st.clear()

@@ -17,6 +17,8 @@ def _add_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default SERVE_PORT)")
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     p.add_argument("--no-load", action="store_true", help="do not load models at start-up (lazy)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without SERVE_API_KEY (trusted networks only)")
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -47,22 +49,29 @@ def _setup_logs(settings: Settings, args: argparse.Namespace | None) -> None:
 
 
 def serve(settings: Settings | None = None, *, host: str | None = None, port: int | None = None,
-          reload: bool = False, load: bool = True, args: argparse.Namespace | None = None) -> int:
-    """Run the server until interrupted (blocking)."""
+          reload: bool = False, load: bool = True, insecure: bool = False,
+          args: argparse.Namespace | None = None) -> int:
+    """Run the server until interrupted (blocking). A non-loopback host without SERVE_API_KEY is
+    refused (ConfigError) unless `insecure` or SERVE_INSECURE=true."""
     try:
         import uvicorn
     except ImportError:
         from ..errors import MissingDependency
 
         raise MissingDependency("uvicorn", "serve") from None
+    from .limits import check_bind, is_loopback, uvicorn_options
+
     s = settings if settings is not None else Settings.load()
-    _setup_logs(s, args)
     host = host or s.serve_host
     port = port or s.serve_port
+    check_bind(host, s, insecure)
+    _setup_logs(s, args)
     log = logging.getLogger("spark_voice.serve")
+    if not s.serve_api_key and not is_loopback(host):
+        log.warning("listening beyond loopback WITHOUT an API key (--insecure / SERVE_INSECURE)",
+                    extra={"host": host})
     log.info("listening", extra={"url": f"http://{host}:{port}", "profile": s.profile})
-    common: dict[str, Any] = dict(host=host, port=port, log_config=None, access_log=False,
-                                  ws_max_size=16 * 1024 * 1024)
+    common: dict[str, Any] = dict(host=host, port=port, log_config=None, access_log=False, **uvicorn_options())
     if reload:
         # the reloader imports the app in a child process: settings travel through the environment
         if args is not None and getattr(args, "profile", None):
@@ -82,7 +91,8 @@ def serve(settings: Settings | None = None, *, host: str | None = None, port: in
 
 def cmd_serve(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
-    return serve(s, host=args.host, port=args.port, reload=args.reload, load=not args.no_load, args=args)
+    return serve(s, host=args.host, port=args.port, reload=args.reload, load=not args.no_load,
+                 insecure=args.insecure, args=args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

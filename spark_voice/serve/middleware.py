@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import hmac
 import json
 import logging
 import re
@@ -11,6 +10,8 @@ import time
 from typing import Any
 
 from ..events import new_request_id
+from .auth import bearer, http_authenticated, key_matches, ws_authenticate
+from .limits import method_label
 from .openai_compat import error_body
 
 log = logging.getLogger("spark_voice.serve")
@@ -105,38 +106,70 @@ class RequestContext:
                                               "ms": round(dt * 1000.0, 2)})
             m = self.state.metrics
             if m is not None:
-                m.requests.labels(route, scope.get("method", ""), str(status)).inc()
+                m.requests.labels(route, method_label(scope.get("method")), str(status)).inc()
                 m.request_seconds.labels(route).observe(dt)
 
 
-def bearer_ok(scope: dict, key: str, query_key: str | None = None) -> bool:
-    auth = header(scope, b"authorization") or ""
-    given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if not given and query_key:
-        given = query_key
-    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
+def bearer_ok(scope: dict, key: str) -> bool:
+    """The request carries 'Authorization: Bearer <key>' (bytes compared: UTF-8 keys work)."""
+    return key_matches(bearer(scope), key)
 
 
 def unauthorized_body() -> dict:
-    return error_body("Incorrect or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>'.",
+    return error_body("Incorrect or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>' "
+                      "(browsers: a token from POST /v1/session-token).",
                       "invalid_request_error", code="invalid_api_key")
 
 
+# Reachable without the key when SERVE_API_KEY is set (/health then leaves out paths and errors).
+OPEN_PATHS = frozenset({"/health", "/ready"})
+# Needs the key itself: a session token cannot mint new tokens.
+KEY_ONLY_PATHS = frozenset({"/v1/session-token"})
+
+
 class ApiKeyAuth:
-    """With SERVE_API_KEY set, every HTTP /v1/* request needs 'Authorization: Bearer <key>' (401
-    otherwise, before the body is read). /health, /ready, /metrics stay open. The websocket route
-    checks the key itself (header or ?api_key=)."""
+    """With SERVE_API_KEY set, every route needs 'Authorization: Bearer <key or session token>' (401
+    before the body is read), except OPEN_PATHS. Websockets: the key header, a token subprotocol
+    or ``?token=`` (see auth.py); refused handshakes get 401 (or close 1008). Sets
+    ``scope["state"]["authenticated"]`` (for /health) and ``["ws_subprotocol"]`` (to accept with)."""
 
     def __init__(self, app, key: str) -> None:
         self.app, self.key = app, key
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and self.key and scope.get("path", "").startswith("/v1/"):
-            if not bearer_ok(scope, self.key):
-                await send_json(send, 401, unauthorized_body(), scope.get("state", {}).get("request_id", ""),
-                                {"WWW-Authenticate": "Bearer"})
-                return
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        path = scope.get("path", "")
+        if kind == "websocket":
+            ok, proto = ws_authenticate(scope, self.key)
+            state["authenticated"] = ok
+            state["ws_subprotocol"] = proto
+            if not ok:
+                return await _deny_websocket(scope, receive, send)
+            return await self.app(scope, receive, send)
+        ok = http_authenticated(scope, self.key, allow_token=path not in KEY_ONLY_PATHS)
+        state["authenticated"] = ok
+        if not ok and path not in OPEN_PATHS:
+            await send_json(send, 401, unauthorized_body(), state.get("request_id", ""),
+                            {"WWW-Authenticate": "Bearer"})
+            return
         await self.app(scope, receive, send)
+
+
+async def _deny_websocket(scope, receive, send) -> None:
+    message = await receive()  # websocket.connect
+    if message.get("type") != "websocket.connect":
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        data = json.dumps(unauthorized_body()).encode()
+        await send({"type": "websocket.http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": data})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": "invalid api key or token"})
 
 
 class BodyTooLarge(Exception):

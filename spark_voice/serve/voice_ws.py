@@ -27,7 +27,6 @@ import numpy as np
 from ..events import Event
 from ..session import VoiceSession
 from ..types import SAMPLE_RATE_STT, Audio, Stage
-from .middleware import bearer_ok, unauthorized_body
 
 log = logging.getLogger("spark_voice.serve.ws")
 
@@ -36,16 +35,8 @@ MAX_PENDING_FRAMES = 1500  # 30 s of 20 ms frames waiting for the recogniser, th
 
 
 async def voice_endpoint(websocket, state) -> None:
-    from starlette.responses import JSONResponse
-
-    key = state.settings.serve_api_key
-    if key and not bearer_ok(websocket.scope, key, websocket.query_params.get("api_key")):
-        if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
-            await websocket.send_denial_response(JSONResponse(unauthorized_body(), status_code=401))
-        else:
-            await websocket.close(code=1008, reason="invalid api key")
-        return
-    await websocket.accept()
+    # the ApiKeyAuth middleware checked the key / token and chose the subprotocol to answer with
+    await websocket.accept(subprotocol=websocket.scope.get("state", {}).get("ws_subprotocol"))
     session = WsVoiceSession(websocket, state, websocket.scope.get("state", {}).get("request_id", ""))
     state.sessions.add(session)
     if state.metrics is not None:
