@@ -8,6 +8,7 @@ answer's audio pauses; a real word cancels it (barge-in), a back-channel or a co
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Callable
@@ -17,6 +18,8 @@ from .events import Event, new_request_id
 from .pipeline import Emit, Turn, VoicePipeline, endpoint_data
 from .turn.interrupt import BargeInPolicy, Interruption
 from .types import Audio, Stage, Transcript
+
+MAX_TURNS_KEPT = 16  # `turns` keeps the latest ones only (a session may last hours)
 
 
 class VoiceSession:
@@ -29,6 +32,8 @@ class VoiceSession:
     back-channel, a cough or silence lets it go on where it stopped (``turn.resumed``) and starts
     no turn. BARGE_IN_POLICY=immediate cancels on any speech onset. Events go to `emit` (called
     from worker threads).
+    `turns` holds the latest MAX_TURNS_KEPT turns. After `stop_turns()` or `close()` no new turn
+    starts.
     """
 
     def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
@@ -47,7 +52,8 @@ class VoiceSession:
         self._worker: threading.Thread | None = None
         self._active_rid: str | None = None
         self._lock = threading.Lock()
-        self.turns: list[Turn] = []
+        self._stopped = False
+        self.turns: collections.deque[Turn] = collections.deque(maxlen=MAX_TURNS_KEPT)
         self.policy = barge_in if barge_in is not None else BargeInPolicy.from_settings(pipeline.settings)
         self._audio_t = 0.0                 # seconds of audio fed so far
         self._intr: Interruption | None = None  # the possible interruption in progress
@@ -185,6 +191,9 @@ class VoiceSession:
     def _start_turn(self, ev) -> None:
         rid, start, stt_events = self._rid, self._turn_start, list(self._events)
         self._rid, self._events, self._turn_start = self._new_id(), [], None
+        with self._lock:
+            if self._stopped:  # closed meanwhile (e.g. the websocket went away during recognition)
+                return
         if self._worker is not None and self._worker.is_alive():
             self.pipeline.cancel(self._active_rid)
             self._worker.join()
@@ -201,9 +210,12 @@ class VoiceSession:
             except Exception:
                 pass  # already reported as an `error` event
 
-        self._active_rid = rid
-        self._worker = threading.Thread(target=work, name=f"session-turn-{rid}", daemon=True)
-        self._worker.start()
+        with self._lock:
+            if self._stopped:
+                return
+            self._active_rid = rid
+            self._worker = threading.Thread(target=work, name=f"session-turn-{rid}", daemon=True)
+            self._worker.start()
 
     def wait(self, timeout: float | None = None) -> None:
         if self._worker is not None:
@@ -211,7 +223,14 @@ class VoiceSession:
         if self._paused_rid is not None:  # input ended during a possible interruption: let it finish
             self._resume("input ended")
 
+    def stop_turns(self) -> None:
+        """No turn starts from now on; the running one is cancelled (returns at once)."""
+        with self._lock:
+            self._stopped = True
+            rid = self._active_rid
+        if rid:
+            self.pipeline.cancel(rid)
+
     def close(self) -> None:
-        if self._active_rid:
-            self.pipeline.cancel(self._active_rid)
+        self.stop_turns()
         self.wait(5.0)
