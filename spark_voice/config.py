@@ -202,6 +202,7 @@ class Settings(BaseSettings):
     rag_index_type: Literal["flat", "hnsw", "ivf", "sq8"] = "flat"
     rag_min_score: float = Field(0.2, ge=-1.0, le=1.0)
     rag_threads: int = Field(2, ge=1, le=512)
+    rag_max_file_mb: float = Field(10.0, gt=0, le=100_000)
 
     tools_builtin: str = ""  # tools
     tools_timezone: str = "Asia/Tokyo"

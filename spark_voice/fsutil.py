@@ -30,8 +30,11 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to `path`; when the block succeeds, the temp file becomes `path`.
 
-    mode: permissions of the result (default: those of the file it replaces, else 0644)."""
+    mode: permissions of the result (default: those of the file it replaces, else 0644).
+    A symlink stays a symlink: the file it points to is replaced (next to it, atomically)."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     if mode is None:
         mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +52,29 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on ``.<name>.lock`` next to `path` (its real path when a
+    symlink), for read-modify-write cycles of a file that several processes may edit at once."""
+    real = Path(os.path.realpath(path))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    lock = real.with_name(f".{real.name}.lock")
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:

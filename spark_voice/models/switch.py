@@ -130,6 +130,55 @@ def _parse_history(line: str, var: str) -> tuple[bool, str | None]:
     return False, None
 
 
+def check_env_value(var: str, value: str | None) -> None:
+    """Refuse what one .env line cannot hold: a newline would let the next edit read the rest of the
+    value as a live variable; NUL ends the value early."""
+    if value is not None and any(c in value for c in ("\n", "\r", "\0")):
+        raise ConfigError(f"{var}: the value contains a newline or NUL character; refusing to write it to .env")
+
+
+def _continuations(lines: list[str]) -> set[int]:
+    """Indexes of lines inside a multi-line quoted value (python-dotenv reads those): they are
+    text of the value above, never assignments or history lines of their own."""
+    out: set[int] = set()
+    quote = ""
+    for i, line in enumerate(lines):
+        if quote:
+            out.add(i)
+            if _closes(line, quote):
+                quote = ""
+            continue
+        m = _ASSIGN.match(line)
+        if m:
+            rest = line[m.end():].lstrip()
+            if rest[:1] in ("'", '"') and not _closes(rest[1:], rest[0]):
+                quote = rest[0]
+    return out
+
+
+def _closes(text: str, quote: str) -> bool:
+    """Does `text` hold the closing `quote` (backslash escapes count inside double quotes)?"""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and quote == '"':
+            i += 2
+            continue
+        if c == quote:
+            return True
+        i += 1
+    return False
+
+
+def _span_end(lines: list[str], i: int) -> int:
+    """One past the last line of the assignment at `i` (its continuation lines included)."""
+    skip = _continuations(lines)
+    j = i + 1
+    while j in skip:
+        j += 1
+    return j
+
+
 def read_env_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
@@ -138,7 +187,10 @@ def read_env_lines(path: Path) -> list[str]:
 
 def _find_assign(lines: list[str], var: str) -> int | None:
     idx = None
+    skip = _continuations(lines)
     for i, line in enumerate(lines):
+        if i in skip:
+            continue
         m = _ASSIGN.match(line)
         if m and m.group(1) == var:
             idx = i  # the last assignment wins (as in python-dotenv)
@@ -154,7 +206,8 @@ def current_env_value(lines: list[str], var: str) -> str | None:
 
 def _history_block(lines: list[str], var: str) -> list[int]:
     """Indexes of var's history comments (oldest first), wherever they are in the file."""
-    return [i for i, line in enumerate(lines) if _parse_history(line, var)[0]]
+    skip = _continuations(lines)
+    return [i for i, line in enumerate(lines) if i not in skip and _parse_history(line, var)[0]]
 
 
 def previous_values(settings, role: str) -> list[str | None]:
@@ -179,7 +232,15 @@ def set_env_value(path: Path, var: str, value: str | None, *, record_previous: b
     """Set (or, with value None, remove) ``var`` in the .env file at ``path``, atomically.
 
     With record_previous, the value it had (or its absence) is pushed as a history comment right
-    above the assignment. Returns the previous .env value (None when unset)."""
+    above the assignment. Returns the previous .env value (None when unset). Values with a
+    newline or NUL are refused (ConfigError); the edit holds a lock against concurrent edits; a
+    symlinked .env stays a symlink."""
+    check_env_value(var, value)
+    with fsutil.locked(path):
+        return _set_env_value(Path(path), var, value, record_previous)
+
+
+def _set_env_value(path: Path, var: str, value: str | None, record_previous: bool) -> str | None:
     lines = read_env_lines(path)
     previous = current_env_value(lines, var)
     hist = set(_history_block(lines, var))
@@ -189,7 +250,7 @@ def set_env_value(path: Path, var: str, value: str | None, *, record_previous: b
         history = (history + [_history_line(var, previous)])[-HISTORY_KEEP:]
     i = _find_assign(keep, var)
     if i is not None:
-        del keep[i]
+        del keep[i:_span_end(keep, i)]
         pos = i
     else:
         if not keep:
@@ -268,11 +329,7 @@ def use_model(settings, role: str, file: str | Path) -> SwitchResult:
     return SwitchResult(role, var, value, previous, str(path), info, str(envp), _shadow_warnings(settings, var))
 
 
-def rollback(settings, role: str) -> SwitchResult:
-    """Restore the value a role's variable had in .env before the last `use` (or remove it again)."""
-    _check_role(role)
-    var = ROLE_VARS[role]
-    envp = env_file(settings)
+def _rollback_locked(envp: Path, role: str, var: str) -> tuple[str | None, str | None]:
     lines = read_env_lines(envp)
     hist = _history_block(lines, var)
     if not hist:
@@ -280,17 +337,25 @@ def rollback(settings, role: str) -> SwitchResult:
                           f"(`spark-voice models use {role} FILE` records one)")
     last = hist[-1]
     _, prev = _parse_history(lines[last], var)
+    check_env_value(var, prev)
     current = current_env_value(lines, var)
     del lines[last]
     i = _find_assign(lines, var)
-    if prev is None:
-        if i is not None:
-            del lines[i]
-    elif i is not None:
-        lines[i] = f"{var}={_quote(prev)}"
-    else:
-        lines.append(f"{var}={_quote(prev)}")
+    if i is not None:
+        del lines[i:_span_end(lines, i)]
+    if prev is not None:
+        lines.insert(len(lines) if i is None else i, f"{var}={_quote(prev)}")
     atomic_write_text(envp, _render(lines))
+    return prev, current
+
+
+def rollback(settings, role: str) -> SwitchResult:
+    """Restore the value a role's variable had in .env before the last `use` (or remove it again)."""
+    _check_role(role)
+    var = ROLE_VARS[role]
+    envp = env_file(settings)
+    with fsutil.locked(envp):
+        prev, current = _rollback_locked(envp, role, var)
     # the model the restored value resolves to
     if prev is not None:
         target = settings.model_copy(update={var.lower(): prev}).model_path(role)

@@ -17,6 +17,8 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="start over: ignore the existing index (also after changing the embedding model)")
     p.add_argument("--batch", type=int, metavar="N", help="texts per embedder call (default 32)")
     p.add_argument("--index-type", choices=["flat", "hnsw", "ivf", "sq8"], help="override RAG_INDEX_TYPE")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="also index documents whose links lead out of --source (default: skipped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ingest)
@@ -41,7 +43,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     embedder = build("embedding", s)
     try:
         summary = ingest(s.path(args.source), index, embedder, s, rebuild=args.rebuild,
-                         progress=not args.no_progress, batch_size=args.batch, index_type=args.index_type)
+                         progress=not args.no_progress, batch_size=args.batch, index_type=args.index_type,
+                         follow_symlinks=args.follow_symlinks)
     except OSError as exc:  # disk full, permissions: a message, not a traceback
         raise RagIndexError(f"ingest failed: {exc}") from None
     finally:

@@ -90,15 +90,39 @@ def _setting(settings: Any, name: str) -> Any:
     return Settings.model_fields[name].default
 
 
-def scan(source_dir: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, path) of the documents under source_dir, sorted."""
+def scan(source_dir: Path, *, follow_symlinks: bool = False, max_bytes: int | None = None,
+         warnings: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(relative posix path, path) of the documents under source_dir, sorted.
+
+    A document whose real path lies outside source_dir (a symlink to ~/.ssh/id_rsa named notes.txt)
+    is skipped unless `follow_symlinks`; so is one larger than `max_bytes`. Each skip adds a line
+    to `warnings`."""
     out = []
+    root = source_dir.resolve()
     for p in source_dir.rglob("*"):
         rel = p.relative_to(source_dir)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.suffix.lower() in SUFFIXES and p.is_file():
-            out.append((rel.as_posix(), p))
+        if p.suffix.lower() not in SUFFIXES or not p.is_file():
+            continue
+        if not follow_symlinks:
+            real = p.resolve()
+            if real != root and root not in real.parents:
+                if warnings is not None:
+                    warnings.append(f"{rel.as_posix()}: a link to {real}, outside the source folder; skipped "
+                                    "(ingest --follow-symlinks includes it)")
+                continue
+        if max_bytes is not None:
+            try:
+                nbytes = p.stat().st_size
+            except OSError:
+                nbytes = 0  # reported when it is read
+            if nbytes > max_bytes:
+                if warnings is not None:
+                    warnings.append(f"{rel.as_posix()}: {nbytes / 1e6:.1f} MB is over the "
+                                    f"{max_bytes / 1e6:g} MB limit (RAG_MAX_FILE_MB); skipped")
+                continue
+        out.append((rel.as_posix(), p))
     return sorted(out)
 
 
@@ -147,8 +171,11 @@ def embed_batches(embedder: Any, texts: list[str], dim: int, batch_size: int, pr
 
 def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settings: Any = None, *,
            rebuild: bool = False, progress: bool = True, batch_size: int | None = None,
-           index_type: str | None = None) -> IngestSummary:
-    """Bring the index at ``index_path`` in step with the documents under ``source_dir``."""
+           index_type: str | None = None, follow_symlinks: bool = False) -> IngestSummary:
+    """Bring the index at ``index_path`` in step with the documents under ``source_dir``.
+
+    Links leading out of ``source_dir`` are skipped unless `follow_symlinks`; documents over
+    RAG_MAX_FILE_MB are skipped; both with a warning in the summary."""
     t0 = time.perf_counter()
     source = Path(source_dir).expanduser().resolve()
     index_path = Path(index_path).expanduser()
@@ -193,7 +220,8 @@ def ingest(source_dir: str | Path, index_path: str | Path, embedder: Any, settin
         old_files: dict[str, dict] = dict(old.files) if old is not None else {}
 
         # classify by content hash
-        docs = scan(source)
+        max_bytes = int(float(_setting(settings, "rag_max_file_mb")) * 1e6)
+        docs = scan(source, follow_symlinks=follow_symlinks, max_bytes=max_bytes, warnings=summary.warnings)
         if not docs:
             if old_files:  # most likely a wrong --source: do not silently empty the index
                 raise RagIndexError(f"no {', '.join(SUFFIXES)} files under {source}, but the index holds "
