@@ -23,9 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..backends.base import Embedder
 from ..config import Settings
+from ..errors import SparkVoiceError
 from ..pipeline import VoicePipeline
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
-from .openai_compat import ApiError
+from .openai_compat import ApiError, api_error
 from .routes import ROUTERS
 from .state import ServerState
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, pipeline: VoicePipeline | None 
     app.add_middleware(ApiKeyAuth, key=settings.serve_api_key)
     app.add_middleware(RequestContext, state=state)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(SparkVoiceError, _typed_error)  # a typed library error is its 4xx/503
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for router in ROUTERS:
         app.include_router(router)
@@ -75,6 +77,10 @@ def create_app(settings: Settings | None = None, pipeline: VoicePipeline | None 
 
 async def _api_error(request: Request, exc: Any) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _typed_error(request: Request, exc: Any) -> JSONResponse:
+    return await _api_error(request, api_error(exc))
 
 
 async def _http_error(request: Request, exc: Any) -> JSONResponse:

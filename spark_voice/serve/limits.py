@@ -89,10 +89,17 @@ def check_json_depth(raw: bytes | str, max_depth: int) -> None:
         raise InputTooLarge(f"the JSON is nested more than {max_depth} levels deep (SERVE_MAX_JSON_DEPTH)")
 
 
+def _too_large(message: str, param: str) -> Exception:
+    """A 413 in OpenAI's shape (the ApiError of InputTooLarge)."""
+    from .openai_compat import api_error
+
+    return api_error(InputTooLarge(message, param=param))
+
+
 def check_chat(req: "ChatRequest", settings: "Settings") -> None:
     total = sum(len(m.text) for m in req.messages)
     if total > settings.serve_max_chat_chars:
-        raise InputTooLarge(f"the messages hold {total} characters; at most {settings.serve_max_chat_chars} "
+        raise _too_large(f"the messages hold {total} characters; at most {settings.serve_max_chat_chars} "
                             "are accepted (SERVE_MAX_CHAT_CHARS)", param="messages")
 
 
@@ -105,11 +112,11 @@ def clamp_max_tokens(requested: int | None, settings: "Settings") -> int:
 def check_embeddings(req: "EmbeddingsRequest", settings: "Settings") -> None:
     texts = req.texts
     if len(texts) > settings.serve_max_embedding_inputs:
-        raise InputTooLarge(f"{len(texts)} inputs; at most {settings.serve_max_embedding_inputs} per request "
+        raise _too_large(f"{len(texts)} inputs; at most {settings.serve_max_embedding_inputs} per request "
                             "(SERVE_MAX_EMBEDDING_INPUTS)", param="input")
     longest = max((len(t) for t in texts), default=0)
     if longest > settings.serve_max_embedding_chars:
-        raise InputTooLarge(f"an input holds {longest} characters; at most {settings.serve_max_embedding_chars} "
+        raise _too_large(f"an input holds {longest} characters; at most {settings.serve_max_embedding_chars} "
                             "per input (SERVE_MAX_EMBEDDING_CHARS)", param="input")
 
 
