@@ -12,6 +12,12 @@ The value it replaces is kept in a comment right above the variable::
 most recent of those comments and restores that value (or removes the line again), so uses and
 rollbacks nest. A running server reads .env at start-up: restart it to pick up the change
 (with docker compose: ``up -d`` recreates the container).
+
+Edits refuse values holding a newline or NUL, run under an flock (two `use` at once lose nothing),
+keep a symlinked ``.env`` a symlink, and treat a multi-line quoted value as one assignment.
+
+Length: the .env line editor (quoting, history comments, multi-line values, locking) and the
+commands built on it stay together: `use`, `rollback` and `verify` share every helper.
 """
 
 from __future__ import annotations

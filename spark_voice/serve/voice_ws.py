@@ -18,6 +18,9 @@ that does not read (then 1008 "slow reader"); SERVE_WS_IDLE_TIMEOUT_S without a 
 SERVE_WS_MAX_SESSION_S in all (then 1000 with the reason). Control messages are JSON objects of at
 most MAX_CONTROL_BYTES, nested at most SERVE_MAX_JSON_DEPTH. Closing cancels the queued audio and
 the running turn; no turn starts after the close.
+
+Length: the protocol, its budgets and the three threads of a session (receive loop, feeder,
+sender) are one state machine; splitting it would spread the close/cancel ordering over files.
 """
 
 from __future__ import annotations
