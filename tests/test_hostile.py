@@ -14,6 +14,7 @@ import base64
 import gc
 import io
 import json
+import logging
 import os
 import socket
 import struct
@@ -396,12 +397,36 @@ def test_huge_frames_from_a_client_that_never_reads(srv):
     srv.alive()
 
 
-def test_slow_reader_is_closed_and_its_queue_bounded(tmp_path, caplog):
-    caplog.set_level("INFO", logger="spark_voice.serve.ws")
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_slow_reader_is_closed_and_its_queue_bounded(tmp_path):
+    logger = logging.getLogger("spark_voice.serve.ws")  # its own handler: other tests may stop propagation
+    seen, level = _Records(), logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.INFO)
+    try:
+        _slow_reader(tmp_path, seen)
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+
+
+def _slow_reader(tmp_path, seen: _Records) -> None:
     s = settings_for(tmp_path, SERVE_WS_SEND_QUEUE="8")
     with Server(mock_app(s)) as server:
         ws = RawWs(server, auth_h(), rcvbuf=1024)
         ping = json.dumps({"type": "ping", "pad": "x" * 1000}).encode()
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not server.state.sessions:  # accepted; registered right after
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         try:
             for _ in range(20_000):
                 if not server.state.sessions:
@@ -413,7 +438,7 @@ def test_slow_reader_is_closed_and_its_queue_bounded(tmp_path, caplog):
             wait_no_sessions(server)  # the client never read: its close frame may sit unread
         finally:
             ws.close()
-        closing = [r for r in caplog.records if r.getMessage() == "voice session closing"]
+        closing = [r for r in seen.records if r.getMessage() == "voice session closing"]
         assert closing and closing[0].code == 1008 and "slow reader" in closing[0].reason
         server.alive()
 
