@@ -1,9 +1,11 @@
 """/health latency of the server while it works: idle vs. under load, in one run.
 
-Load = `--speech` clients (default 4) asking /v1/audio/speech for long answers (minutes of audio,
-resampled and encoded to Opus/FLAC) and `--sessions` websocket voice sessions (default 2) streaming
-speech-like audio in real time. A probe asks /health every 20 ms meanwhile. Loopback only; every
-loop is bounded by `--seconds` and an iteration cap. Target (issue 16): p99 under load < 50 ms.
+The server runs as its own process (`python -m spark_voice.serve`, as deployed); the load runs in
+a second process so that client work does not share the probe's interpreter: `--speech` clients
+(default 4) ask /v1/audio/speech for long answers (minutes of audio, resampled and encoded to
+Opus/FLAC) and `--sessions` websocket voice sessions (default 2) stream speech-like audio in real
+time. A probe in this process asks /health every 20 ms meanwhile. Loopback only; every loop is
+bounded by `--seconds` and an iteration cap. Target (issue 16): p99 under load < 50 ms.
 
     python benchmarks/bench_server_load.py                   # mock profile (no models)
     python benchmarks/bench_server_load.py --seconds 20 --json results/load.json
@@ -27,45 +29,45 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-if os.environ.get("SPARK_VOICE_BENCH_TREE"):  # another checkout's spark_voice (e.g. main), for old vs new
-    sys.path.insert(0, os.environ["SPARK_VOICE_BENCH_TREE"])
-else:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import multiprocessing  # noqa: E402
+import subprocess  # noqa: E402
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import uvicorn  # noqa: E402
 import websockets  # noqa: E402
-
-from spark_voice.config import Settings  # noqa: E402
-from spark_voice.serve.app import create_app  # noqa: E402
-
-try:
-    from spark_voice.serve.limits import uvicorn_options  # noqa: E402
-except ImportError:  # a tree from before issue 16
-    def uvicorn_options() -> dict:
-        return {"ws_max_size": 16 * 1024 * 1024}
 
 KEY = "bench-key"
 MAX_ITER = 10_000
 
 
-def start(settings: Settings) -> tuple[uvicorn.Server, str, threading.Thread]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                           **uvicorn_options()))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise SystemExit("server did not start")
-        time.sleep(0.02)
-    app.state.sv.wait_loaded(300)
-    return server, url, t
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(tree: Path, profile: str, queue: int, sessions: int) -> tuple[subprocess.Popen, str]:
+    """`python -m spark_voice.serve` of `tree` on a free loopback port; waits for /ready."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(tree), "SPARK_VOICE_PROFILE": profile, "SERVE_API_KEY": KEY,
+           "SERVE_QUEUE_SIZE": str(queue), "SERVE_MAX_SESSIONS": str(sessions), "LOG_LEVEL": "WARNING",
+           "SPARK_VOICE_HOME": str(tree)}
+    proc = subprocess.Popen([sys.executable, "-m", "spark_voice.serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not get ready")
 
 
 def probe(url: str, stop: threading.Event, out: list[float], seconds: float) -> None:
@@ -127,6 +129,23 @@ def sessions_thread(url: str, stop: threading.Event, n: int, stats: dict) -> Non
     asyncio.run(all_sessions())
 
 
+def load_process(url: str, stop, n_speech: int, n_sessions: int, fmt: str, result) -> None:
+    """The load generators, in a process of their own; counts go back through `result`."""
+    tstop = threading.Event()
+    stats = {"speech_requests": 0, "speech_bytes": 0, "turns": 0}
+    workers = [threading.Thread(target=speech_client, args=(url, tstop, fmt, stats), daemon=True)
+               for _ in range(n_speech)]
+    if n_sessions:
+        workers.append(threading.Thread(target=sessions_thread, args=(url, tstop, n_sessions, stats), daemon=True))
+    for w in workers:
+        w.start()
+    stop.wait(3600)
+    tstop.set()
+    for w in workers:
+        w.join(60)
+    result.update({k: sorted(v) if isinstance(v, set) else v for k, v in stats.items()})
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100.0 * (len(xs) - 1))))] if xs else float("nan")
@@ -147,37 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="opus", choices=["opus", "flac", "wav", "pcm"])
     p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     a = p.parse_args(argv)
-    extra = {"SERVE_MAX_SESSIONS": str(max(8, a.sessions))} if "serve_max_sessions" in Settings.model_fields else {}
-    s = Settings.load(profile=a.profile, SERVE_API_KEY=KEY, SERVE_QUEUE_SIZE=str(max(8, a.speech * 2)), **extra)
-    server, url, thread = start(s)
+    tree = Path(os.environ.get("SPARK_VOICE_BENCH_TREE") or Path(__file__).resolve().parent.parent).resolve()
+    proc, url = start(tree, a.profile, max(8, a.speech * 2), max(8, a.sessions))
+    mp = multiprocessing.get_context("spawn")
     try:
         idle: list[float] = []
         probe(url, threading.Event(), idle, a.seconds)
-        stop = threading.Event()
-        stats = {"speech_requests": 0, "speech_bytes": 0, "turns": 0}
-        workers = [threading.Thread(target=speech_client, args=(url, stop, a.format, stats), daemon=True)
-                   for _ in range(a.speech)]
-        if a.sessions:
-            workers.append(threading.Thread(target=sessions_thread, args=(url, stop, a.sessions, stats),
-                                            daemon=True))
-        for w in workers:
-            w.start()
-        time.sleep(1.0)  # let the load build up
-        loaded: list[float] = []
-        probe(url, threading.Event(), loaded, a.seconds)
-        stop.set()
-        for w in workers:
-            w.join(60)
+        with mp.Manager() as manager:
+            stop, stats = manager.Event(), manager.dict()
+            loader = mp.Process(target=load_process, args=(url, stop, a.speech, a.sessions, a.format, stats))
+            loader.start()
+            time.sleep(2.0)  # let the load build up
+            loaded: list[float] = []
+            probe(url, threading.Event(), loaded, a.seconds)
+            stop.set()
+            loader.join(120)
+            load_stats = dict(stats)
     finally:
-        server.should_exit = True
-        thread.join(10)
-    import spark_voice
-
-    res = {"tree": str(Path(spark_voice.__file__).resolve().parent.parent), "profile": a.profile,
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    res = {"tree": str(tree), "profile": a.profile,
            "seconds": a.seconds, "speech_clients": a.speech, "ws_sessions": a.sessions,
            "format": a.format, "idle": summary(idle), "loaded": summary(loaded),
            "p99_ratio_loaded_vs_idle": round(pct(loaded, 99) / max(pct(idle, 99), 1e-9), 2),
-           "load": {k: sorted(v) if isinstance(v, set) else v for k, v in stats.items()}, "cpus": os.cpu_count()}
+           "load": load_stats, "cpus": os.cpu_count()}
     print(f"/health latency, {a.speech} speech encodes ({a.format}) + {a.sessions} websocket sessions, "
           f"{a.seconds:g} s per phase")
     print(f"{'':8} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
