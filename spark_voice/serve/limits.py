@@ -97,7 +97,9 @@ def _too_large(message: str, param: str) -> Exception:
 
 
 def check_chat(req: "ChatRequest", settings: "Settings") -> None:
-    total = sum(len(m.text) for m in req.messages)
+    total = sum(len(m.text) + sum(len(str(getattr(c.function, "arguments", "") or ""))
+                                  for c in (getattr(m, "tool_calls", None) or []))
+                for m in req.messages)
     if total > settings.serve_max_chat_chars:
         raise _too_large(f"the messages hold {total} characters; at most {settings.serve_max_chat_chars} "
                             "are accepted (SERVE_MAX_CHAT_CHARS)", param="messages")
