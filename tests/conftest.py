@@ -30,8 +30,6 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ALLOWED_SKIP_MARKERS = {
     # compiles llama-cpp-python / pywhispercpp from source (minutes); opt-in: SPARK_VOICE_TEST_BUILD=1
     "build": "opt-in native binding build",
-    # Fish Speech needs the `fish` extra, CUDA torch and a 3 GB checkpoint: DGX Spark only
-    "spark": "runs on the DGX Spark only",
 }
 
 
