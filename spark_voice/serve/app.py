@@ -24,7 +24,7 @@ from .. import __version__
 from ..backends.base import Embedder
 from ..config import Settings
 from ..pipeline import VoicePipeline
-from .middleware import ApiKeyAuth, BodyLimit, RequestContext
+from .middleware import ApiKeyAuth, BodyLimit, OriginCheck, RequestContext
 from .openai_compat import ApiError
 from .routes import ROUTERS
 from .state import ServerState
@@ -62,9 +62,10 @@ def create_app(settings: Settings | None = None, pipeline: VoicePipeline | None 
                   description="Local voice assistant server with OpenAI-compatible routes "
                               "(see spark_voice/serve/README.md).")
     app.state.sv = state
-    # outermost last: RequestContext -> ApiKeyAuth -> BodyLimit -> routes
+    # outermost last: RequestContext -> OriginCheck -> ApiKeyAuth -> BodyLimit -> routes
     app.add_middleware(BodyLimit, limit=int(settings.serve_max_body_mb * 1024 * 1024))
     app.add_middleware(ApiKeyAuth, key=settings.serve_api_key)
+    app.add_middleware(OriginCheck, allowed=settings.serve_allowed_origins)
     app.add_middleware(RequestContext, state=state)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids + access log + request metrics, bearer key, body size cap."""
+"""Pure ASGI middleware: request ids + access log + request metrics, browser origin check, bearer key,
+body size cap."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..events import new_request_id
 from .openai_compat import error_body
@@ -108,12 +110,117 @@ class RequestContext:
                 m.request_seconds.labels(route).observe(dt)
 
 
+# Browsers cannot set headers on a websocket: the key travels as a subprotocol instead,
+# ``bearer.<key>`` (ours) or ``openai-insecure-api-key.<key>`` (what OpenAI's browser examples send).
+KEY_PROTOCOLS = ("bearer.", "openai-insecure-api-key.")
+
+
+def offered_protocols(scope: dict) -> list[str]:
+    """The subprotocols a websocket client offered (Sec-WebSocket-Protocol), in its order."""
+    return [p.strip() for p in (header(scope, b"sec-websocket-protocol") or "").split(",") if p.strip()]
+
+
+def protocol_key(scope: dict) -> str:
+    for p in offered_protocols(scope):
+        for prefix in KEY_PROTOCOLS:
+            if p.startswith(prefix):
+                return p[len(prefix):]
+    return ""
+
+
+def chosen_protocol(scope: dict) -> str | None:
+    """The subprotocol to accept: a browser fails the handshake unless the server picks one of the
+    offered ones. The first offered that is not a credential (``spark-voice.v1``, ``realtime``),
+    else the first offered; None when the client offered none."""
+    offered = offered_protocols(scope)
+    plain = [p for p in offered if not p.startswith(KEY_PROTOCOLS)]
+    pick = plain or offered
+    return pick[0] if pick else None
+
+
 def bearer_ok(scope: dict, key: str, query_key: str | None = None) -> bool:
+    """The bearer key of a request: Authorization header; websockets also a key subprotocol
+    (KEY_PROTOCOLS) or ``?api_key=``."""
     auth = header(scope, b"authorization") or ""
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not given and scope.get("type") == "websocket":
+        given = protocol_key(scope)
     if not given and query_key:
         given = query_key
     return bool(given) and hmac.compare_digest(given.encode(), key.encode())
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """SERVE_ALLOWED_ORIGINS as a tuple of keywords (self, localhost, *) and lower-case origins."""
+    return tuple(x.strip().lower().rstrip("/") for x in value.split(",") if x.strip())
+
+
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser `origin` may talk to this server (see SERVE_ALLOWED_ORIGINS)."""
+    o = origin.strip().lower().rstrip("/")
+    if "*" in allowed or o in allowed:
+        return True
+    try:
+        u = urlsplit(o)
+        hostname = u.hostname
+    except ValueError:
+        return False
+    if u.scheme not in ("http", "https") or not hostname:
+        return False
+    if "localhost" in allowed and hostname in LOOPBACK_HOSTS:
+        return True
+    return "self" in allowed and bool(host) and u.netloc == (host or "").strip().lower()
+
+
+class OriginCheck:
+    """Browser requests from other sites: a websocket upgrade or a state-changing request (POST ...)
+    whose Origin is not in SERVE_ALLOWED_ORIGINS gets 403; so does a cross-site request without an
+    Origin (Sec-Fetch-Site: cross-site) unless its body is JSON (a browser sends JSON cross-site only
+    after a CORS preflight, which this server never grants). Requests without Origin and
+    Sec-Fetch-Site (SDKs, curl) are not browser requests and pass."""
+
+    def __init__(self, app, allowed: str) -> None:
+        self.app, self.allowed = app, parse_origins(allowed)
+
+    def refused(self, scope: dict) -> str:
+        """Why the request is refused, or '' when it may pass."""
+        if scope["type"] == "http" and scope.get("method", "GET") in SAFE_METHODS:
+            return ""
+        origin = header(scope, b"origin")
+        if origin is not None:
+            if origin_allowed(origin, header(scope, b"host"), self.allowed):
+                return ""
+            return f"origin {origin!r} is not allowed (SERVE_ALLOWED_ORIGINS)"
+        site = (header(scope, b"sec-fetch-site") or "").lower()
+        if site in ("cross-site", "same-site"):
+            ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            if scope["type"] == "websocket" or ctype != "application/json":
+                return "cross-site request refused: send JSON from an allowed origin (SERVE_ALLOWED_ORIGINS)"
+        return ""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or not (why := self.refused(scope)):
+            return await self.app(scope, receive, send)
+        rid = scope.get("state", {}).get("request_id", "")
+        body = error_body(why, "invalid_request_error", code="origin_not_allowed")
+        log.warning("cross-origin request refused", extra={"request_id": rid, "path": scope.get("path"),
+                                                            "origin": header(scope, b"origin")})
+        if scope["type"] == "http":
+            await send_json(send, 403, body, rid)
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            data = json.dumps(body).encode()
+            await send({"type": "websocket.http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(data)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": data})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
 
 
 def unauthorized_body() -> dict:
@@ -123,8 +230,8 @@ def unauthorized_body() -> dict:
 
 class ApiKeyAuth:
     """With SERVE_API_KEY set, every HTTP /v1/* request needs 'Authorization: Bearer <key>' (401
-    otherwise, before the body is read). /health, /ready, /metrics stay open. The websocket route
-    checks the key itself (header or ?api_key=)."""
+    otherwise, before the body is read). /health, /ready, /metrics and the page (/, /ui, /static)
+    stay open. The websocket routes check the key themselves (bearer_ok)."""
 
     def __init__(self, app, key: str) -> None:
         self.app, self.key = app, key

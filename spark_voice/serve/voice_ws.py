@@ -27,7 +27,7 @@ import numpy as np
 from ..events import Event
 from ..session import VoiceSession
 from ..types import SAMPLE_RATE_STT, Audio, Stage
-from .middleware import bearer_ok, unauthorized_body
+from .middleware import bearer_ok, chosen_protocol, unauthorized_body
 
 log = logging.getLogger("spark_voice.serve.ws")
 
@@ -45,7 +45,7 @@ async def voice_endpoint(websocket, state) -> None:
         else:
             await websocket.close(code=1008, reason="invalid api key")
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=chosen_protocol(websocket.scope))
     session = WsVoiceSession(websocket, state, websocket.scope.get("state", {}).get("request_id", ""))
     state.sessions.add(session)
     if state.metrics is not None:
