@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
+from test_serve import KEY, Server
 
 from conftest import ROOT, model_file, need
 from spark_voice.audio.io import load_audio
 from spark_voice.config import Settings
 from spark_voice.serve.app import create_app
-from test_serve import KEY, Server
 
 CLIP = ROOT / "examples" / "audio" / "question_en.wav"
 LEAD_S, TAIL_S = 0.5, 8.0  # silence before / after the question in the fake microphone's loop

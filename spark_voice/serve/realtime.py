@@ -218,7 +218,7 @@ class RealtimeSession:
         return obj
 
     # ------------------------------------------------------------------ session.update
-    def update(self, sess: Any, event_id: str | None) -> None:
+    def update(self, sess: object, event_id: str | None) -> None:
         """Apply what we support; every unsupported part answers one error naming it."""
         if not isinstance(sess, dict):
             raise ClientError("session must be an object", "invalid_value", "session")
