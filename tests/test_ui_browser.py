@@ -43,14 +43,14 @@ def fake_mic_wav(path) -> float:
     return LEAD_S + len(a) / 48000
 
 
-def launch(pw, wav):
+def launch(pw, wav, *, allow_mic: bool = True):
     need(shutil.which("chromium") is not None or shutil.which(CHROMIUM) is not None,
          "chromium missing: scripts/bootstrap.sh installs it (apt-get install chromium, as root)")
+    mic = ["--use-fake-ui-for-media-stream"] if allow_mic else []  # without it the permission is refused
     return pw.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, headless=True, args=[
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required", *mic, "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}"])
 
 
@@ -174,6 +174,11 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             print(f"\nscreenshot: {shot}")
+            # a phone screen: nothing wider than the viewport, the controls reachable
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+            assert page.locator("#talk").is_visible() and page.locator("#text").is_visible()
+            page.screenshot(path=str(tmp_path / "voice-page-phone.png"), full_page=True)
         finally:
             browser.close()
     # the key check's 401 (before the key was entered) is the only failed request allowed
@@ -216,6 +221,34 @@ def test_page_mock_profile(tmp_path):
             assert "mock transcript" in text
 
         run_page(srv, tmp_path, key=KEY, timeout_s=30, spoken_check=check)
+
+
+def test_page_not_ready_and_microphone_denied(tmp_path):
+    """Models not loaded yet (/ready 503) and the microphone refused: the page says so, typing works."""
+    from playwright.sync_api import sync_playwright
+
+    s = Settings.load(tmp_path, environ={}, use_dotenv=False, profile="mock", STT_LANGUAGE="en")
+    wav = tmp_path / "fake_mic.wav"
+    fake_mic_wav(wav)
+    with Server(create_app(s, load=False)) as srv, sync_playwright() as pw:
+        browser = launch(pw, wav, allow_mic=False)
+        try:
+            page = browser.new_page()
+            page.goto(srv.url + "/ui")
+            page.wait_for_selector("#notice:not([hidden])", timeout=10_000)
+            assert "not ready" in page.inner_text("#notice") and "first use" in page.inner_text("#notice")
+            assert "not ready" in page.inner_text("#status")
+            wait(page, "() => window.svStats.connected", 10)
+            page.locator("#talk").click()
+            wait(page, "() => window.svStats.micError !== ''", 10)
+            assert "Microphone" in page.inner_text("#notice") or "microphone" in page.inner_text("#notice")
+            assert page.locator("#talk").get_attribute("aria-pressed") == "false"
+            page.fill("#text", "Hello there")
+            page.press("#text", "Enter")  # typed turns need no microphone (models load on first use)
+            wait(page, "() => window.svStats.turnsDone >= 1", 30)
+            assert "Hello there" in page.locator(".msg.bot").first.inner_text()
+        finally:
+            browser.close()
 
 
 @pytest.mark.real

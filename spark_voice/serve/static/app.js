@@ -105,16 +105,22 @@
         const roles = Object.entries(body.providers || {});
         const done = roles.filter(([, p]) => p.ready).length;
         const failed = roles.filter(([, p]) => p.state === "failed").map(([r, p]) => `${r}: ${p.last_error}`);
-        setStatus("loading models…", "warn");
+        const lazy = roles.length && roles.every(([, p]) => p.state === "lazy" || p.ready);
+        setStatus(stats.connected ? "connected · not ready" : "not ready", "warn");
         notice(failed.length ? "A model failed to load — " + failed.join("; ")
-                             : `The server is not ready yet: models are loading (${done}/${roles.length} ready).`,
+               : lazy ? "The server is not ready yet: models load on first use (started with --no-load), "
+                        + "so the first answer takes longer."
+               : `The server is not ready yet: models are loading (${done}/${roles.length} ready).`,
                failed.length ? "" : "info");
       }
     } catch (e) {
       setStatus("server unreachable", "err");
       notice("The server is not reachable. Is `spark-voice serve` running?");
     }
-    if (ready && !stats.ready) notice("");
+    if (ready && !stats.ready) {
+      notice("");
+      setStatus(stats.connected ? "ready" : "connecting…", stats.connected ? "ok" : "");
+    }
     stats.ready = ready;
     setTimeout(pollHealth, ready ? 15000 : 2000);
     return ready;
@@ -143,7 +149,7 @@
       if ($("voice").value) start.voice = $("voice").value;
       sock.send(JSON.stringify(start));
       stats.connected = true;
-      setStatus(stats.ready ? "ready" : "connected", stats.ready ? "ok" : "warn");
+      setStatus(stats.ready ? "ready" : "connected · not ready", stats.ready ? "ok" : "warn");
       $("talk").disabled = false;
     };
     sock.onmessage = (m) => {
