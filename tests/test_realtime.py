@@ -175,6 +175,14 @@ async def test_manual_commit_then_response(rt_server):
         await conn.input_audio_buffer.append(audio=b64(np.zeros(2400, np.float32)))
         await conn.input_audio_buffer.clear()
         assert (await collect(conn, "input_audio_buffer.cleared"))[-1].type == "input_audio_buffer.cleared"
+        # an audio item: transcribed, then answered
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+            {"type": "input_audio", "audio": b64(clip_24k(0.2))}]})
+        evs = await collect(conn, "conversation.item.input_audio_transcription.completed")
+        item = next(e for e in evs if e.type == "conversation.item.done").item
+        assert item.role == "user" and item.content[0].type == "input_audio" and item.content[0].transcript
+        await conn.response.create()
+        assert (await collect(conn))[-1].response.status == "completed"
 
 
 async def test_response_cancel_stops_audio(tmp_path):
