@@ -322,6 +322,10 @@ def test_cross_site_posts_refused(rt_server):
         r = httpx.post(url, json=body, headers={**auth, **headers})
         assert r.status_code == 200, (headers, r.text)
     assert httpx.get(rt_server.url + "/health", headers={"Origin": "https://evil.example"}).status_code == 200
+    # DNS rebinding: another site's name pointed at 127.0.0.1 (Origin == Host) is not "self" on loopback
+    r = httpx.post(url, json=body, headers={**auth, "Origin": "http://rebound.example:8080",
+                                            "Host": "rebound.example:8080"})
+    assert r.status_code == 403
 
 
 def test_allowed_origins_setting(tmp_path):

@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None, pipeline: VoicePipeline | None 
     # outermost last: RequestContext -> OriginCheck -> ApiKeyAuth -> BodyLimit -> routes
     app.add_middleware(BodyLimit, limit=int(settings.serve_max_body_mb * 1024 * 1024))
     app.add_middleware(ApiKeyAuth, key=settings.serve_api_key)
-    app.add_middleware(OriginCheck, allowed=settings.serve_allowed_origins)
+    app.add_middleware(OriginCheck, allowed=settings.serve_allowed_origins,
+                       loopback=settings.serve_host in ("127.0.0.1", "localhost", "::1"))
     app.add_middleware(RequestContext, state=state)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

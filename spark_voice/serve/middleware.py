@@ -159,8 +159,10 @@ def parse_origins(value: str) -> tuple[str, ...]:
     return tuple(x.strip().lower().rstrip("/") for x in value.split(",") if x.strip())
 
 
-def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a browser `origin` may talk to this server (see SERVE_ALLOWED_ORIGINS)."""
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...], loopback: bool = False) -> bool:
+    """Whether a browser `origin` may talk to this server (see SERVE_ALLOWED_ORIGINS). loopback: the
+    server listens on loopback only, so `self` must be a loopback name too (a page of another site
+    whose name was re-bound to 127.0.0.1 has Origin == Host, but not a loopback name)."""
     o = origin.strip().lower().rstrip("/")
     if "*" in allowed or o in allowed:
         return True
@@ -173,6 +175,8 @@ def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...]) -> b
         return False
     if "localhost" in allowed and hostname in LOOPBACK_HOSTS:
         return True
+    if loopback and hostname not in LOOPBACK_HOSTS:
+        return False
     return "self" in allowed and bool(host) and u.netloc == (host or "").strip().lower()
 
 
@@ -183,8 +187,8 @@ class OriginCheck:
     after a CORS preflight, which this server never grants). Requests without Origin and
     Sec-Fetch-Site (SDKs, curl) are not browser requests and pass."""
 
-    def __init__(self, app, allowed: str) -> None:
-        self.app, self.allowed = app, parse_origins(allowed)
+    def __init__(self, app, allowed: str, loopback: bool = False) -> None:
+        self.app, self.allowed, self.loopback = app, parse_origins(allowed), loopback
 
     def refused(self, scope: dict) -> str:
         """Why the request is refused, or '' when it may pass."""
@@ -192,7 +196,7 @@ class OriginCheck:
             return ""
         origin = header(scope, b"origin")
         if origin is not None:
-            if origin_allowed(origin, header(scope, b"host"), self.allowed):
+            if origin_allowed(origin, header(scope, b"host"), self.allowed, self.loopback):
                 return ""
             return f"origin {origin!r} is not allowed (SERVE_ALLOWED_ORIGINS)"
         site = (header(scope, b"sec-fetch-site") or "").lower()
