@@ -121,7 +121,7 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
                 page.wait_for_selector("#keyform:not([hidden])", timeout=10_000)
                 page.fill("#key", key)
                 page.click("#keyform button")
-            wait(page, "() => window.svStats.connected && window.svStats.ready", 60)
+            wait(page, "() => window.svStats && window.svStats.connected && window.svStats.ready", 60)
             assert page.locator("#talk").is_enabled()
 
             # 1. a spoken turn, press to talk: hold while the fake microphone says the question
@@ -241,7 +241,7 @@ def test_page_not_ready_and_microphone_denied(tmp_path):
             page.wait_for_selector("#notice:not([hidden])", timeout=10_000)
             assert "not ready" in page.inner_text("#notice") and "first use" in page.inner_text("#notice")
             assert "not ready" in page.inner_text("#status")
-            wait(page, "() => window.svStats.connected", 10)
+            wait(page, "() => window.svStats && window.svStats.connected", 10)
             page.locator("#talk").click()
             wait(page, "() => window.svStats.micError !== ''", 10)
             assert "Microphone" in page.inner_text("#notice") or "microphone" in page.inner_text("#notice")
