@@ -104,7 +104,8 @@ async def ws_first_audio(srv: Server, key: str | None) -> tuple[float, str]:
     return (marks["audio"] - end) * 1000.0, " ".join(transcript)
 
 
-def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken_check) -> None:
+def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken_check,
+             hands_free: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     wav = tmp_path / "fake_mic.wav"
@@ -174,6 +175,18 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
             assert page.locator(".msg.bot.interrupted").count() == 1
             assert "interrupted" in page.locator(".msg.bot.interrupted .meta").inner_text()
 
+            if hands_free:  # 4. hands-free: the server's VAD ends the utterance of the looping microphone
+                wait(page, "() => window.svStats.playing === 0", timeout_s)
+                done = stats(page)["turnsDone"]
+                page.select_option("#mode", "free")
+                talk.focus()
+                page.keyboard.press("Enter")  # keyboard: Enter/Space on the focused button
+                assert talk.get_attribute("aria-pressed") == "true"
+                wait(page, f"() => window.svStats.turnsDone > {done} && window.svStats.firstAudio.some("
+                           "(f) => f.from === 'speech_end')", timeout_s)
+                page.keyboard.press("Enter")
+                assert talk.get_attribute("aria-pressed") == "false"
+
             time.sleep(0.3)
             shot = tmp_path / "voice-page.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -223,7 +236,7 @@ def test_page_mock_profile(tmp_path):
         def check(text: str) -> None:
             assert "mock transcript" in text
 
-        run_page(srv, tmp_path, key=KEY, timeout_s=30, spoken_check=check)
+        run_page(srv, tmp_path, key=KEY, timeout_s=30, spoken_check=check, hands_free=True)
 
 
 def test_page_not_ready_and_microphone_denied(tmp_path):
