@@ -63,10 +63,11 @@ def wait(page, expr: str, timeout_s: float) -> None:
     page.wait_for_function(expr, timeout=timeout_s * 1000, polling=50)
 
 
-async def ws_first_audio(srv: Server, key: str | None) -> tuple[float, str]:
+async def ws_first_audio(srv: Server, key: str | None) -> dict:
     """The same spoken turn over WS /v1/voice: 16 kHz frames paced in real time, then stop.
-    Returns (ms from the end of the user's turn -- speech_end received or stop sent, whichever came
-    first, as the page measures it -- to the first audio chunk received, transcript)."""
+    Returns ms from the end of the user's turn (speech_end received or stop sent, whichever came
+    first, as the page measures it) and from the final transcript to the first audio chunk received,
+    and the transcript."""
     a = load_audio(CLIP, 16000).samples
     audio = np.concatenate([np.zeros(int(LEAD_S * 16000), np.float32), a, np.zeros(int(0.4 * 16000), np.float32)])
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
@@ -87,7 +88,11 @@ async def ws_first_audio(srv: Server, key: str | None) -> tuple[float, str]:
                 if ev["type"] == "stt.speech_end":
                     marks.setdefault("speech_end", now)
                 elif ev["type"] == "stt.final":
+                    marks.setdefault("final", now)
+                    marks.setdefault("final_t_ms", ev["t_ms"])
                     transcript.append(ev.get("text", ""))
+                elif ev["type"] == "tts.chunk":
+                    marks.setdefault("chunk_t_ms", ev["t_ms"])
                 elif ev["type"] == "turn.done" and "audio" in marks:
                     return
 
@@ -101,7 +106,8 @@ async def ws_first_audio(srv: Server, key: str | None) -> tuple[float, str]:
         await ws.send(json.dumps({"type": "stop"}))
         await asyncio.wait_for(reader, 300)
     end = min(marks["stop"], marks.get("speech_end", marks["stop"]))
-    return (marks["audio"] - end) * 1000.0, " ".join(transcript)
+    return {"ms": (marks["audio"] - end) * 1000.0, "after_final_ms": (marks["audio"] - marks["final"]) * 1000.0,
+            "server_ms": marks["chunk_t_ms"] - marks["final_t_ms"], "transcript": " ".join(transcript)}
 
 
 def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken_check,
@@ -111,6 +117,9 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
     wav = tmp_path / "fake_mic.wav"
     speech_end = fake_mic_wav(wav)
     errors: list[str] = []
+    # one turn first, so that neither measured turn pays the engines' first-call costs
+    warm = asyncio.run(ws_first_audio(srv, key))
+    spoken_check(warm["transcript"])
     with sync_playwright() as pw:
         browser = launch(pw, wav)
         try:
@@ -148,7 +157,7 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
             # the same spoken turn over /v1/voice, now, with the page idle (same server, same load)
             wait(page, "() => window.svStats.playing === 0", timeout_s)
             with ThreadPoolExecutor(1) as pool:  # playwright's sync API owns this thread's event loop
-                ws_ms, ws_text = pool.submit(asyncio.run, ws_first_audio(srv, key)).result()
+                ws = pool.submit(asyncio.run, ws_first_audio(srv, key)).result()
 
             # 2. a typed turn (after the answer has been played out)
             chunks = s["chunksScheduled"]
@@ -202,10 +211,18 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
     # the key check's 401 (before the key was entered) is the only failed request allowed
     assert not [e for e in errors if "status of 401" not in e], errors
 
-    ratio = page_first["ms"] / ws_ms
-    print(f"first audio after the end of the turn: page {page_first['ms']:.0f} ms, /v1/voice {ws_ms:.0f} ms, "
-          f"page / voice = {ratio:.2f} (goal: within 10 %)")
-    spoken_check(ws_text)
+    # the same spoken turn, first audio measured by each client (printed, never asserted: a benchmark)
+    for what, key_ in (("end of the turn", "ms"), ("final transcript", "after_final_ms")):
+        p, v = page_first[key_], ws[key_]
+        print(f"first audio after the {what}: page {p:.0f} ms, /v1/voice {v:.0f} ms, page - voice = {p - v:+.0f} ms, "
+              f"page / voice = {p / v:.2f} (goal: within 10 %)")
+    # the server's own final -> first audio (event times) varies from turn to turn on a busy box;
+    # what each client adds on top of it is the page's cost
+    for name, m in (("page", page_first), ("/v1/voice", ws)):
+        added = m["after_final_ms"] - m["server_ms"]
+        print(f"{name}: server final -> first audio {m['server_ms']:.0f} ms, the client's "
+              f"{m['after_final_ms']:.0f} ms, added by the client and transport {added:.0f} ms")
+    spoken_check(ws["transcript"])
 
 
 def test_page_served_with_headers(tmp_path):

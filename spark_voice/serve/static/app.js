@@ -32,7 +32,22 @@
   }
   function setStatus(text, cls) { const s = $("status"); s.textContent = text; s.className = "pill " + (cls || ""); }
   function authHeaders() { return key ? { Authorization: "Bearer " + key } : {}; }
-  function scrollDown() { const l = $("log"); l.scrollTop = l.scrollHeight; }
+  // Text updates are applied once per frame: reading scrollHeight forces a layout, and a layout per
+  // token would delay the audio frames queued behind the token events on this (only) thread.
+  const dirty = new Map();          // element -> [text, partial]
+  let frame = 0;
+  function scrollDown() { if (!frame) frame = requestAnimationFrame(render); }
+  function render() {
+    frame = 0;
+    for (const [el, [text, partial]] of dirty) {
+      const b = el.querySelector(".body");
+      b.textContent = text;
+      b.classList.toggle("partial", !!partial);
+    }
+    dirty.clear();
+    const l = $("log");
+    l.scrollTop = l.scrollHeight;
+  }
   function fmt(ms) { return ms == null ? "–" : Math.round(ms) + " ms"; }
 
   function turnView(rid) {
@@ -57,9 +72,7 @@
   function userBubble(t) { if (!t.user) t.user = bubble("user", ""); return t.user; }
   function botBubble(t) { if (!t.bot) t.bot = bubble("bot", ""); return t.bot; }
   function setBody(el, text, partial) {
-    const b = el.querySelector(".body");
-    b.textContent = text;
-    b.classList.toggle("partial", !!partial);
+    dirty.set(el, [text, partial]);
     scrollDown();
   }
   function meta(el, text) {
@@ -206,6 +219,7 @@
         break;
       case "stt.final":
         t.ev.final = ev.t_ms;
+        t.finalAt = performance.now();
         if (utterance === rid) utterance = null;
         if (ev.text) {
           setBody(userBubble(t), ev.text, false);
@@ -239,7 +253,7 @@
         break;
       case "tts.chunk":
         claimOrigin(t);
-        if (t.ev.first_audio == null) t.ev.first_audio = ev.t_ms;
+        if (t.ev.first_audio == null) { t.ev.first_audio = ev.t_ms; t.chunkAt = performance.now(); }
         nextAudio = ev;
         break;
       case "turn.barge_in":
@@ -337,7 +351,10 @@
     stats.scheduledSeconds += ab.duration;
     if (t.firstAudioMs == null && t.origin) {
       t.firstAudioMs = performance.now() - t.origin.t;
-      stats.firstAudio.push({ request_id: t.rid, ms: t.firstAudioMs, from: t.origin.kind });
+      stats.firstAudio.push({ request_id: t.rid, ms: t.firstAudioMs, from: t.origin.kind,
+                              after_final_ms: t.finalAt != null ? performance.now() - t.finalAt : null,
+                              server_ms: t.ev.final != null ? t.ev.first_audio - t.ev.final : null,
+                              frame_ms: performance.now() - t.chunkAt });
     }
   }
 
