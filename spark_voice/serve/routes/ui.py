@@ -15,7 +15,7 @@ STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; 
           "audio-worklet.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # The page loads nothing from elsewhere; media from the microphone, sockets to this server only.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self' ws: wss:; media-src 'self' blob:; worker-src 'self' blob:; "
+       "connect-src 'self'; media-src 'self' blob:; worker-src 'self' blob:; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
