@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.base import count_prompt_tokens
 from ..events import Event
 from ..session import VoiceSession
 from ..types import SAMPLE_RATE_STT, Audio, Stage, Transcript
@@ -549,7 +550,7 @@ class RealtimeSession:
             resp.encoder = StreamEncoder("pcm", RATE)
         llm = self.pipe.llm
         try:
-            resp.input_tokens = int(llm.count_prompt_tokens(self.pipe.messages_for(user_text))) if llm else 0
+            resp.input_tokens = count_prompt_tokens(llm, self.pipe.messages_for(user_text)) if llm else 0
         except Exception:
             resp.input_tokens = 0
         self.responses[resp.rid] = resp
