@@ -7,13 +7,15 @@
   const KEY_STORE = "spark-voice.key";
   const stats = (window.svStats = {
     ready: false, connected: false, sessions: 0, framesSent: 0, chunksReceived: 0, chunksScheduled: 0,
-    scheduledSeconds: 0, playing: 0, flushes: 0, turnsDone: 0, firstAudio: [], lastTranscript: "", lastAnswer: "",
+    scheduledSeconds: 0, playing: 0, flushes: 0, paused: 0, resumed: 0, turnsDone: 0, firstAudio: [], lastTranscript: "", lastAnswer: "",
     micError: "", errors: [], events: 0,
   });
   let key = "";
   try { key = localStorage.getItem(KEY_STORE) || ""; } catch (e) { /* storage disabled */ }
   let ws = null, wsWanted = false, retryTimer = null;
-  let ctx = null, node = null, micStream = null, micStarting = null;
+  // two audio contexts: playback is suspended while a possible interruption is judged (turn.paused),
+  // the microphone must keep running meanwhile
+  let ctx = null, micCtx = null, node = null, micStream = null, micStarting = null, paused = false;
   let talking = false, handsFree = false, pressAt = 0;
   let nextAudio = null;             // the tts.chunk event whose binary frame comes next
   const playing = new Set();        // scheduled AudioBufferSourceNodes
@@ -256,6 +258,17 @@
         if (t.ev.first_audio == null) { t.ev.first_audio = ev.t_ms; t.chunkAt = performance.now(); }
         nextAudio = ev;
         break;
+      case "turn.paused":
+        // speech over the answer: hold what is playing until the server knows whether it was words
+        paused = true;
+        stats.paused++;
+        if (ctx) ctx.suspend();
+        break;
+      case "turn.resumed":
+        paused = false;
+        stats.resumed++;
+        if (ctx) ctx.resume();
+        break;
       case "turn.barge_in":
         t.cancelled = true;
         flush("barge_in");
@@ -320,7 +333,7 @@
   // ------------------------------------------------------------------ playback
   function ensureAudio() {
     if (!ctx) ctx = new AudioContext({ latencyHint: "interactive" });
-    if (ctx.state === "suspended") ctx.resume();
+    if (ctx.state === "suspended" && !paused) ctx.resume();
     return ctx;
   }
 
@@ -365,6 +378,7 @@
     stats.playing = 0;
     playHead = 0;
     nextAudio = null;
+    if (paused) { paused = false; if (ctx) ctx.resume(); }
     if (n || reason === "barge_in") { stats.flushes++; stats.lastFlush = { reason, stopped: n, at: performance.now() }; }
   }
 
@@ -387,7 +401,10 @@
     if (node) return true;
     if (micStarting) return micStarting;
     micStarting = (async () => {
-      const a = ensureAudio();
+      ensureAudio();  // playback, created within the user's gesture
+      if (!micCtx) micCtx = new AudioContext({ latencyHint: "interactive" });
+      const a = micCtx;
+      if (a.state === "suspended") a.resume();
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
         stats.micError = "unsupported";
         notice("This browser gives no microphone to this page (it needs https or localhost). You can still type.");
