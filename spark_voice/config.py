@@ -64,6 +64,7 @@ LLM_PROVIDERS = tuple(PROVIDERS["llm"])
 STT_PROVIDERS = tuple(PROVIDERS["stt"])
 TTS_PROVIDERS = tuple(PROVIDERS["tts"])
 EMBED_PROVIDERS = tuple(PROVIDERS["embedding"])
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 def _provider_list(value: str, accepted: tuple[str, ...], allow_none: bool, allow_list: bool = True) -> str:
@@ -229,6 +230,7 @@ class Settings(BaseSettings):
     serve_queue_size: int = Field(8, ge=1, le=10_000)
     serve_queue_timeout_s: float = Field(120.0, gt=0, le=3600)
     serve_latency_window: int = Field(20, ge=1, le=10_000)
+    serve_allowed_origins: str = "self,localhost"
 
     # batch jobs (spark-voice batch; --ray)
     batch_actors: int = Field(0, ge=0, le=10_000)
@@ -270,6 +272,15 @@ class Settings(BaseSettings):
     def _v_emb(cls, v: str, info) -> str:
         fb = info.field_name.endswith("fallback")
         return _provider_list(v, EMBED_PROVIDERS, allow_none=fb, allow_list=fb)
+
+    @field_validator("serve_allowed_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        for item in (x.strip() for x in v.split(",")):
+            if item and item not in ("self", "localhost", "*") and not _ORIGIN_RE.match(item):
+                raise ValueError(f"SERVE_ALLOWED_ORIGINS: {item!r} is not an origin; accepted values: "
+                                 "self, localhost, *, or scheme://host[:port] (comma-separated)")
+        return v
 
     @field_validator("stt_language")
     @classmethod

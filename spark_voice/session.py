@@ -38,10 +38,17 @@ class VoiceSession:
 
     def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
                  request_id_factory: Callable[[], str] = new_request_id,
-                 barge_in: BargeInPolicy | None = None) -> None:
+                 barge_in: BargeInPolicy | None = None,
+                 respond_to: Callable[[str, Transcript], bool] | None = None, interrupt: bool = True) -> None:
+        """respond_to(request_id, transcript): asked at each final transcript whether to answer it
+        now (default: always); an utterance left unanswered can be answered later with
+        :meth:`respond` and its request id. interrupt=False: speech over an answer neither pauses
+        nor cancels it (the Realtime API's ``interrupt_response: false``)."""
         if pipeline.stt is None:
             raise SparkVoiceError("a voice session needs a speech-to-text backend")
         self.pipeline, self.emit, self.speak = pipeline, emit, speak
+        self.respond_to, self.interrupt = respond_to, interrupt
+        self._pending_utt: tuple[str, float | None, list[Event]] | None = None  # an unanswered utterance
         pipeline.load()
         lang = pipeline.language
         self._stream = pipeline.stt.stream(None if lang == "auto" else lang)
@@ -161,7 +168,7 @@ class VoiceSession:
         at = t_in if t_in is not None and ev.kind in ("speech_start", "speech_end") else now
         if ev.kind == "speech_start":
             self._utt_over_answer = False
-            if self.answering and self._active_rid:
+            if self.interrupt and self.answering and self._active_rid:
                 self._utt_over_answer = True
                 if self.policy.mode == "immediate":
                     self._barge_in("speech onset")
@@ -191,6 +198,33 @@ class VoiceSession:
     def _start_turn(self, ev) -> None:
         rid, start, stt_events = self._rid, self._turn_start, list(self._events)
         self._rid, self._events, self._turn_start = self._new_id(), [], None
+        transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
+        if self.respond_to is not None and not self.respond_to(rid, transcript):
+            self._pending_utt = (rid, start, stt_events)
+            return
+        self._run_turn(rid, start, stt_events, transcript=transcript)
+
+    def reset_input(self) -> None:
+        """Drop the audio heard so far (a new recogniser stream); a running answer goes on."""
+        lang = self.pipeline.language
+        assert self.pipeline.stt is not None
+        self._stream = self.pipeline.stt.stream(None if lang == "auto" else lang)
+        self._events, self._turn_start = [], None
+
+    def respond(self, transcript: Transcript | None = None, *, text: str | None = None,
+                request_id: str | None = None, speak: bool | None = None) -> str:
+        """Answer now: a transcript (an utterance held back by `respond_to`, named by its
+        request_id) or typed `text`. A running answer is cancelled first. Returns the turn's id."""
+        held = self._pending_utt if self._pending_utt is not None and self._pending_utt[0] == request_id else None
+        if held is not None:
+            self._pending_utt = None
+        rid = request_id or self._new_id()
+        start, events = (held[1], held[2]) if held is not None else (None, [])
+        self._run_turn(rid, start, events, transcript=transcript, text=text, speak=speak)
+        return rid
+
+    def _run_turn(self, rid: str, start: float | None, stt_events: list[Event], *,
+                  transcript: Transcript | None = None, text: str | None = None, speak: bool | None = None) -> None:
         with self._lock:
             if self._stopped:  # closed meanwhile (e.g. the websocket went away during recognition)
                 return
@@ -200,11 +234,11 @@ class VoiceSession:
         with self._out_lock:
             self._paused_rid, self._held, self._play_until = None, [], 0.0
         self._intr = None
-        transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
+        say = self.speak if speak is None else speak
 
         def work() -> None:
             try:
-                turn = self.pipeline.turn(self._emit_turn, transcript=transcript, speak=self.speak,
+                turn = self.pipeline.turn(self._emit_turn, transcript=transcript, text=text, speak=say,
                                           request_id=rid, start=start, prior_events=stt_events)
                 self.turns.append(turn)
             except Exception:

@@ -25,7 +25,7 @@ from ..backends.base import Embedder
 from ..config import Settings
 from ..errors import SparkVoiceError
 from ..pipeline import VoicePipeline
-from .middleware import ApiKeyAuth, BodyLimit, RequestContext
+from .middleware import ApiKeyAuth, BodyLimit, OriginCheck, RequestContext
 from .openai_compat import ApiError, api_error
 from .routes import ROUTERS
 from .state import ServerState
@@ -63,9 +63,11 @@ def create_app(settings: Settings | None = None, pipeline: VoicePipeline | None 
                   description="Local voice assistant server with OpenAI-compatible routes "
                               "(see spark_voice/serve/README.md).")
     app.state.sv = state
-    # outermost last: RequestContext -> ApiKeyAuth -> BodyLimit -> routes
+    # outermost last: RequestContext -> OriginCheck -> ApiKeyAuth -> BodyLimit -> routes
     app.add_middleware(BodyLimit, limit=int(settings.serve_max_body_mb * 1024 * 1024))
     app.add_middleware(ApiKeyAuth, key=settings.serve_api_key)
+    app.add_middleware(OriginCheck, allowed=settings.serve_allowed_origins,
+                       loopback=settings.serve_host in ("127.0.0.1", "localhost", "::1"))
     app.add_middleware(RequestContext, state=state)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(SparkVoiceError, _typed_error)  # a typed library error is its 4xx/503

@@ -8,6 +8,8 @@
   selects) or, failing that, as the query parameter ``?token=<token>``. A token is also accepted as
   ``Authorization: Bearer <token>`` on HTTP routes, except on /v1/session-token itself (a token
   cannot renew itself).
+* Clients that speak the OpenAI Realtime browser convention may instead offer the key itself as a
+  subprotocol, ``openai-insecure-api-key.<key>`` (or ``bearer.<key>``): a header, never a URL.
 * A token is ``sv1.<expiry unix s>.<nonce>.<signature>``: HMAC-SHA256 over the first three parts,
   with a secret derived from the key (rotating the key voids all tokens). Without a key (loopback
   only, see limits.check_bind) everything is open and tokens are signed with a per-process secret.
@@ -27,6 +29,8 @@ from urllib.parse import parse_qs
 
 SUBPROTOCOL = "spark-voice"
 TOKEN_SUBPROTOCOL_PREFIX = "spark-voice.token."
+KEY_SUBPROTOCOL_PREFIXES = ("openai-insecure-api-key.", "bearer.")
+CREDENTIAL_PREFIXES = (TOKEN_SUBPROTOCOL_PREFIX, *KEY_SUBPROTOCOL_PREFIXES)
 TOKEN_VERSION = "sv1"
 _PROCESS_SECRET = secrets.token_bytes(32)
 
@@ -104,16 +108,22 @@ def offered_subprotocols(scope: dict) -> list[str]:
 def ws_authenticate(scope: dict, key: str) -> tuple[bool, str | None]:
     """(allowed, subprotocol to select) for a websocket handshake.
 
-    The key in the Authorization header, a token in a ``spark-voice.token.<token>`` subprotocol or
-    a ``token=`` query parameter. When the client offered subprotocols, one must be selected (a
-    browser drops the connection otherwise): ``spark-voice`` if offered, else the token one."""
+    The key in the Authorization header or a key subprotocol, a token in a
+    ``spark-voice.token.<token>`` subprotocol or a ``token=`` query parameter."""
     offered = offered_subprotocols(scope)
     token_protos = [p for p in offered if p.startswith(TOKEN_SUBPROTOCOL_PREFIX)]
-    select = SUBPROTOCOL if SUBPROTOCOL in offered else (token_protos[0] if token_protos else None)
+    # a browser drops the connection unless one offered protocol is selected: the first that is not
+    # a credential (spark-voice, realtime ...), else the first offered
+    plain = [p for p in offered if not p.startswith(CREDENTIAL_PREFIXES)]
+    select = (plain or offered)[0] if offered else None
     if not key:
         return True, select
     if key_matches(bearer(scope), key):
         return True, select
+    for p in offered:
+        for prefix in KEY_SUBPROTOCOL_PREFIXES:
+            if p.startswith(prefix) and key_matches(p[len(prefix):].encode("utf-8"), key):
+                return True, select
     for p in token_protos:
         if verify_token(key, p[len(TOKEN_SUBPROTOCOL_PREFIX):]):
             return True, select

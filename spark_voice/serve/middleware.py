@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids + access log + request metrics, bearer key, body size cap."""
+"""Pure ASGI middleware: request ids + access log + request metrics, browser origin check, bearer key,
+body size cap."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..events import new_request_id
 from .auth import bearer, http_authenticated, key_matches, ws_authenticate
@@ -115,6 +117,88 @@ def bearer_ok(scope: dict, key: str) -> bool:
     return key_matches(bearer(scope), key)
 
 
+def offered_protocols(scope: dict) -> list[str]:
+    """The subprotocols a websocket client offered (Sec-WebSocket-Protocol), in its order."""
+    return [p.strip() for p in (header(scope, b"sec-websocket-protocol") or "").split(",") if p.strip()]
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """SERVE_ALLOWED_ORIGINS as a tuple of keywords (self, localhost, *) and lower-case origins."""
+    return tuple(x.strip().lower().rstrip("/") for x in value.split(",") if x.strip())
+
+
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...], loopback: bool = False) -> bool:
+    """Whether a browser `origin` may talk to this server (see SERVE_ALLOWED_ORIGINS). loopback: the
+    server listens on loopback only, so `self` must be a loopback name too (a page of another site
+    whose name was re-bound to 127.0.0.1 has Origin == Host, but not a loopback name)."""
+    o = origin.strip().lower().rstrip("/")
+    if "*" in allowed or o in allowed:
+        return True
+    try:
+        u = urlsplit(o)
+        hostname = u.hostname
+    except ValueError:
+        return False
+    if u.scheme not in ("http", "https") or not hostname:
+        return False
+    if "localhost" in allowed and hostname in LOOPBACK_HOSTS:
+        return True
+    if loopback and hostname not in LOOPBACK_HOSTS:
+        return False
+    return "self" in allowed and bool(host) and u.netloc == (host or "").strip().lower()
+
+
+class OriginCheck:
+    """Browser requests from other sites: a websocket upgrade or a state-changing request (POST ...)
+    whose Origin is not in SERVE_ALLOWED_ORIGINS gets 403; so does a cross-site request without an
+    Origin (Sec-Fetch-Site: cross-site) unless its body is JSON (a browser sends JSON cross-site only
+    after a CORS preflight, which this server never grants). Requests without Origin and
+    Sec-Fetch-Site (SDKs, curl) are not browser requests and pass."""
+
+    def __init__(self, app, allowed: str, loopback: bool = False) -> None:
+        self.app, self.allowed, self.loopback = app, parse_origins(allowed), loopback
+
+    def refused(self, scope: dict) -> str:
+        """Why the request is refused, or '' when it may pass."""
+        if scope["type"] == "http" and scope.get("method", "GET") in SAFE_METHODS:
+            return ""
+        origin = header(scope, b"origin")
+        if origin is not None:
+            if origin_allowed(origin, header(scope, b"host"), self.allowed, self.loopback):
+                return ""
+            return f"origin {origin!r} is not allowed (SERVE_ALLOWED_ORIGINS)"
+        site = (header(scope, b"sec-fetch-site") or "").lower()
+        if site in ("cross-site", "same-site"):
+            ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            if scope["type"] == "websocket" or ctype != "application/json":
+                return "cross-site request refused: send JSON from an allowed origin (SERVE_ALLOWED_ORIGINS)"
+        return ""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or not (why := self.refused(scope)):
+            return await self.app(scope, receive, send)
+        rid = scope.get("state", {}).get("request_id", "")
+        body = error_body(why, "invalid_request_error", code="origin_not_allowed")
+        log.warning("cross-origin request refused", extra={"request_id": rid, "path": scope.get("path"),
+                                                            "origin": header(scope, b"origin")})
+        if scope["type"] == "http":
+            await send_json(send, 403, body, rid)
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            data = json.dumps(body).encode()
+            await send({"type": "websocket.http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(data)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": data})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "origin not allowed"})
+
+
 def unauthorized_body() -> dict:
     return error_body("Incorrect or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>' "
                       "(browsers: a token from POST /v1/session-token).",
@@ -122,15 +206,16 @@ def unauthorized_body() -> dict:
 
 
 # Reachable without the key when SERVE_API_KEY is set (/health then leaves out paths and errors).
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/ui"})
+OPEN_PREFIX = "/static/"  # the page's own files (routes/ui.py serves four names, 404 for the rest)
 # Needs the key itself: a session token cannot mint new tokens.
 KEY_ONLY_PATHS = frozenset({"/v1/session-token"})
 
 
 class ApiKeyAuth:
     """With SERVE_API_KEY set, every route needs 'Authorization: Bearer <key or session token>' (401
-    before the body is read), except OPEN_PATHS. Websockets: the key header, a token subprotocol
-    or ``?token=`` (see auth.py); refused handshakes get 401 (or close 1008). Sets
+    before the body is read), except OPEN_PATHS (health and the voice page). Websockets: the key header, a key or token
+    subprotocol, or ``?token=`` (see auth.py); refused handshakes get 401 (or close 1008). Sets
     ``scope["state"]["authenticated"]`` (for /health) and ``["ws_subprotocol"]`` (to accept with)."""
 
     def __init__(self, app, key: str) -> None:
@@ -151,7 +236,7 @@ class ApiKeyAuth:
             return await self.app(scope, receive, send)
         ok = http_authenticated(scope, self.key, allow_token=path not in KEY_ONLY_PATHS)
         state["authenticated"] = ok
-        if not ok and path not in OPEN_PATHS:
+        if not ok and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIX):
             await send_json(send, 401, unauthorized_body(), state.get("request_id", ""),
                             {"WWW-Authenticate": "Bearer"})
             return

@@ -1,7 +1,7 @@
 """WS /v1/voice: a live voice conversation (protocol in serve/README.md).
 
 Client -> server: binary frames of mono PCM16 little-endian audio (16 kHz unless `start` says
-otherwise) and JSON control messages {"type": "start" | "stop" | "cancel"}. Server -> client: JSON
+otherwise) and JSON control messages {"type": "start" | "stop" | "text" | "cancel"}. Server -> client: JSON
 events (`type` = pipeline stage) with the turn's request_id; every `tts.chunk` event is followed
 by exactly one binary frame holding that chunk's audio.
 
@@ -46,6 +46,7 @@ from .schemas import parse_json
 log = logging.getLogger("spark_voice.serve.ws")
 
 WS_FORMATS = ("pcm", "opus", "wav", "flac")
+MAX_TEXT_CHARS = 4096  # a typed turn, like /v1/audio/speech input
 MAX_PENDING_FRAMES = 1500  # frames (any size) waiting for the recogniser; bytes are bounded separately
 MAX_CONTROL_BYTES = 64 * 1024  # a JSON control message
 SEND_QUEUE_BYTES = 32 * 1024 * 1024  # encoded audio waiting for the client
@@ -221,6 +222,8 @@ class WsVoiceSession:
                     session.feed(Audio(samples, item[2]))
                 elif kind == "flush":
                     session.flush()
+                elif kind == "text":  # a typed turn: answered like a spoken one (cancels a running answer)
+                    session.respond(text=item[1])
             except Exception as exc:
                 log.warning("voice session error", extra={"request_id": self.session_id, "error": str(exc)})
                 self.error(f"{type(exc).__name__}: {exc}", "session_error")
@@ -269,14 +272,29 @@ class WsVoiceSession:
         elif kind == "stop":
             self.started = True
             self._enqueue(("flush",))
+        elif kind == "text":
+            text = msg.get("text")
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
+                self.error(f"'text' needs a non-empty string of at most {MAX_TEXT_CHARS} characters",
+                           "invalid_control")
+                return
+            self.started = True
+            self._enqueue(("text", text.strip()))
         elif kind == "cancel":
             if self.session is not None and self.session._active_rid:
                 self.session.pipeline.cancel(self.session._active_rid)
         elif kind == "ping":
             self.send_event({"type": "pong", "request_id": self.session_id, "t_ms": self._ms()})
         else:
-            self.error(f"unknown control message type {str(kind)[:40]!r}; accepted: start, stop, cancel, ping",
+            self.error(f"unknown control message type {str(kind)[:40]!r}; accepted: start, stop, text, cancel, ping",
                        "invalid_control")
+
+    def _voices(self) -> list[dict[str, str]]:
+        tts = self.state.backends.get("tts")
+        try:
+            return [{"name": v.name, "language": v.language} for v in tts.voices()] if tts is not None else []
+        except Exception:
+            return []
 
     def _voice_names(self) -> list[str]:
         tts = self.state.backends.get("tts")
@@ -357,9 +375,11 @@ class WsVoiceSession:
         feeder = threading.Thread(target=self._feeder, name=f"ws-feed-{self.session_id}", daemon=True)
         feeder.start()
         tts = self.state.backends.get("tts")
+        voices = await self.loop.run_in_executor(None, self._voices)  # may load a model: off the loop
         self.send_event({"type": "session.created", "request_id": self.session_id, "t_ms": 0.0,
                          "input_format": "pcm_s16le", "input_sample_rate": SAMPLE_RATE_STT,
                          "formats": list(WS_FORMATS), "tts_provider": getattr(tts, "provider", None),
+                         "language": self.state.pipeline.language, "voices": voices,
                          "limits": {"max_pending_s": self.max_pending_s, "idle_timeout_s": self.idle_s,
                                     "max_session_s": self.max_session_s,
                                     "max_message_bytes": WS_MAX_MESSAGE_BYTES}})

@@ -1,0 +1,360 @@
+"""WS /v1/realtime driven by the official `openai` SDK client (client.realtime.connect), and the
+browser security of the websockets (Origin allow-list, key as a subprotocol).
+
+Mock engines exercise the protocol; one test runs the real engines of the dev profile (whisper,
+SmolLM2, Piper) on the bundled English question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import websockets
+from test_serve import KEY, Server, settings_for
+
+from conftest import ROOT, model_file
+from spark_voice.audio.io import load_audio
+from spark_voice.backends.mock import MockLLM, MockSTT, MockTTS
+from spark_voice.config import Settings
+from spark_voice.pipeline import VoicePipeline
+from spark_voice.serve.app import create_app
+
+RATE = 24000
+CLIP = ROOT / "examples" / "audio" / "question_en.wav"
+
+
+@pytest.fixture(scope="module")
+def rt_server(tmp_path_factory):
+    s = settings_for(tmp_path_factory.mktemp("rt"), SERVE_API_KEY=KEY)
+    pipe = VoicePipeline(MockSTT(partial_interval=0.3, silence=0.4, language="en"), MockLLM(token_delay=0.02),
+                         MockTTS(), settings=s, language="en")
+    with Server(create_app(s, pipe)) as srv:
+        srv.wait_ready()
+        yield srv
+
+
+def sdk(srv: Server, key: str = KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=srv.url + "/v1", websocket_base_url=srv.url.replace("http", "ws") + "/v1",
+                              api_key=key, max_retries=0)
+
+
+def clip_24k(seconds_silence: float = 1.2) -> np.ndarray:
+    a = load_audio(CLIP, RATE).samples
+    return np.concatenate([np.zeros(int(0.3 * RATE), np.float32), a, np.zeros(int(seconds_silence * RATE), np.float32)])
+
+
+def b64(samples: np.ndarray) -> str:
+    return base64.b64encode((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+async def append(conn, samples: np.ndarray, step_s: float = 0.1, pace: float = 0.0) -> None:
+    step = int(step_s * RATE)
+    for i in range(0, len(samples), step):
+        await conn.input_audio_buffer.append(audio=b64(samples[i:i + step]))
+        if pace:
+            await asyncio.sleep(step_s * pace)
+
+
+async def collect(conn, until: str = "response.done", timeout: float = 60.0, stop=None) -> list:
+    """Server events (SDK models) up to and including the first `until`."""
+    out = []
+
+    async def run() -> None:
+        while True:
+            ev = await conn.recv()
+            out.append(ev)
+            if stop is not None:
+                await stop(ev)
+            if ev.type == until:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+def user_text(text: str) -> dict:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def types(evs) -> list[str]:
+    return [e.type for e in evs]
+
+
+def audio_seconds(evs) -> float:
+    return sum(len(base64.b64decode(e.delta)) // 2 for e in evs if e.type == "response.output_audio.delta") / RATE
+
+
+SESSION = {"type": "realtime", "instructions": "Answer in one short sentence.", "output_modalities": ["audio"],
+           "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE},
+                               "transcription": {"model": "whisper-1", "language": "en"},
+                               "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}},
+                     "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "alloy"}}}
+
+
+async def open_session(conn, **over) -> None:
+    created = await conn.recv()
+    assert created.type == "session.created" and created.session.type == "realtime"
+    assert created.session.audio.input.format.rate == RATE
+    assert created.session.audio.input.turn_detection.type == "server_vad"
+    await conn.session.update(session={**SESSION, **over})
+    updated = await collect(conn, "session.updated", 10)
+    errors = [e for e in updated if e.type == "error"]
+    assert not errors, errors
+
+
+# ------------------------------------------------------------------------------ protocol (mock engines)
+async def test_spoken_question_server_vad(rt_server):
+    async with sdk(rt_server).realtime.connect(model="gpt-realtime") as conn:
+        await open_session(conn)
+        await append(conn, clip_24k())
+        evs = await collect(conn)
+    t = types(evs)
+    for name in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                 "input_audio_buffer.committed", "conversation.item.input_audio_transcription.delta",
+                 "conversation.item.input_audio_transcription.completed", "response.created",
+                 "response.output_item.added", "response.content_part.added", "response.output_audio.delta",
+                 "response.output_audio_transcript.delta", "response.output_audio.done",
+                 "response.output_audio_transcript.done", "response.output_item.done", "response.done"):
+        assert name in t, (name, t)
+    assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
+        < t.index("response.created") < t.index("response.output_audio.delta") < t.index("response.done")
+    done_tr = next(e for e in evs if e.type == "conversation.item.input_audio_transcription.completed")
+    assert "mock transcript" in done_tr.transcript
+    started = next(e for e in evs if e.type == "input_audio_buffer.speech_started")
+    assert 300 <= started.audio_start_ms <= 2000  # after the 0.3 s of silence before the clip
+    done = evs[-1].response
+    assert done.status == "completed" and done.usage.output_tokens > 0 and done.usage.input_tokens > 0
+    transcript = "".join(e.delta for e in evs if e.type == "response.output_audio_transcript.delta")
+    assert transcript.strip() and done.output[0].content[0].transcript == transcript.strip()
+    assert audio_seconds(evs) > 0.3
+
+
+async def test_typed_item_text_and_audio_then_text_only(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn)
+        await conn.conversation.item.create(item=user_text("What is the capital of France?"))
+        await conn.response.create()
+        evs = await collect(conn)
+        assert "conversation.item.added" in types(evs) and "conversation.item.done" in types(evs)
+        assert evs[-1].response.status == "completed"
+        assert "".join(e.delta for e in evs if e.type == "response.output_audio_transcript.delta").strip()
+        assert audio_seconds(evs) > 0.3
+        # a text-only response: output_text deltas, no audio
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "And of Japan?"}]})
+        await conn.response.create(response={"output_modalities": ["text"]})
+        evs = await collect(conn)
+        t = types(evs)
+        assert "response.output_text.delta" in t and "response.output_text.done" in t
+        assert "response.output_audio.delta" not in t
+        assert evs[-1].response.output_modalities == ["text"]
+
+
+async def test_manual_commit_then_response(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn, audio={"input": {"turn_detection": None,
+                                                  "transcription": {"model": "whisper-1", "language": "en"}}})
+        await append(conn, clip_24k(0.2))
+        await conn.input_audio_buffer.commit()
+        evs = await collect(conn, "conversation.item.input_audio_transcription.completed")
+        assert "input_audio_buffer.speech_started" not in types(evs)
+        assert "input_audio_buffer.committed" in types(evs) and evs[-1].transcript
+        await conn.response.create()
+        evs = await collect(conn)
+        assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
+        # an empty buffer cannot be committed; the session goes on
+        await conn.input_audio_buffer.commit()
+        err = (await collect(conn, "error"))[-1]
+        assert err.error.code == "input_audio_buffer_commit_empty"
+        await conn.input_audio_buffer.append(audio=b64(np.zeros(2400, np.float32)))
+        await conn.input_audio_buffer.clear()
+        assert (await collect(conn, "input_audio_buffer.cleared"))[-1].type == "input_audio_buffer.cleared"
+        # an audio item: transcribed, then answered
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+            {"type": "input_audio", "audio": b64(clip_24k(0.2))}]})
+        evs = await collect(conn, "conversation.item.input_audio_transcription.completed")
+        item = next(e for e in evs if e.type == "conversation.item.done").item
+        assert item.role == "user" and item.content[0].type == "input_audio" and item.content[0].transcript
+        await conn.response.create()
+        assert (await collect(conn))[-1].response.status == "completed"
+
+
+async def test_response_cancel_stops_audio(tmp_path):
+    s = settings_for(tmp_path)
+    pipe = VoicePipeline(MockSTT(language="en"), MockLLM(token_delay=0.15), MockTTS(), settings=s, language="en")
+    with Server(create_app(s, pipe)) as srv:
+        srv.wait_ready()
+        async with sdk(srv, "anything").realtime.connect(model="spark-voice") as conn:
+            await open_session(conn, audio={"input": {"turn_detection": None}})
+            await conn.conversation.item.create(item=user_text("Tell me a long story."))
+            await conn.response.create()
+            cancelled = []
+
+            async def on(ev) -> None:
+                if ev.type == "response.output_audio.delta" and not cancelled:
+                    cancelled.append(ev)
+                    await conn.response.cancel()
+
+            evs = await collect(conn, stop=on, timeout=30)
+            done = evs[-1].response
+            assert cancelled and done.status == "cancelled" and done.status_details.reason == "client_cancelled"
+            after = evs[evs.index(cancelled[0]) + 1:]
+            # the answer would have taken seconds: at most the chunk being made when cancel came
+            assert sum(e.type == "response.output_audio.delta" for e in after) <= 2
+            assert done.output[0].status == "incomplete"
+            # nothing left to cancel: an error, the session stays usable
+            await conn.response.cancel()
+            assert (await collect(conn, "error"))[-1].error.code == "response_cancel_not_active"
+
+
+async def test_barge_in_cancels_the_answer(tmp_path):
+    s = settings_for(tmp_path)
+    pipe = VoicePipeline(MockSTT(partial_interval=0.3, silence=0.4, language="en"), MockLLM(token_delay=0.15),
+                         MockTTS(), settings=s, language="en")
+    with Server(create_app(s, pipe)) as srv:
+        srv.wait_ready()
+        async with sdk(srv, "x").realtime.connect(model="spark-voice") as conn:
+            await open_session(conn)
+            await append(conn, clip_24k(0.8))
+            first = await collect(conn, "response.output_audio.delta")
+            rid = next(e for e in first if e.type == "response.created").response.id
+            await append(conn, clip_24k(0.8)[: int(1.5 * RATE)])  # the user talks over the answer
+            evs = await collect(conn, "response.done")
+            assert evs[-1].response.id == rid and evs[-1].response.status == "cancelled"
+            assert evs[-1].response.status_details.reason == "turn_detected"
+
+
+async def test_bad_events_answer_errors_and_session_stays_usable(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await conn.recv()
+        raw = conn._connection  # the websocket under the SDK: events the SDK would refuse to build
+        await raw.send("{not json")
+        await raw.send(json.dumps({"type": "no.such.event"}))
+        await raw.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"}))
+        await conn.session.update(session={"type": "realtime", "tools": [{"type": "function", "name": "f"}],
+                                           "audio": {"input": {"format": {"type": "audio/pcmu"}}}})
+        await conn.send({"type": "conversation.item.truncate", "item_id": "x", "content_index": 0,
+                         "audio_end_ms": 0})
+        await conn.response.create()  # nothing to respond to yet
+        evs = await collect(conn, "session.updated", 10)
+        evs += await collect(conn, "error", 10)  # truncate
+        evs += await collect(conn, "error", 10)  # response.create
+        errors = [e.error for e in evs if e.type == "error"]
+        codes = [e.code for e in errors]
+        assert codes[:3] == ["invalid_json", "invalid_event_type", "invalid_value"], codes
+        msgs = " | ".join(e.message for e in errors)
+        assert "tools" in msgs and "audio/pcmu" in msgs and "truncat" in msgs
+        assert codes[-1] == "conversation_empty"
+        assert not any("Traceback" in e.message for e in errors)
+        # still usable
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Hello?"}]})
+        await conn.response.create()
+        assert (await collect(conn))[-1].response.status == "completed"
+
+
+async def test_beta_event_names(rt_server):
+    url = rt_server.url.replace("http", "ws") + "/v1/realtime?model=gpt-4o-realtime-preview"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {KEY}",
+                                                           "OpenAI-Beta": "realtime=v1"}) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "session.created" and created["session"]["input_audio_format"] == "pcm16"
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "modalities": ["text", "audio"], "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+            "turn_detection": None, "voice": "alloy"}}))
+        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        seen = []
+        while not seen or seen[-1] != "response.done":
+            seen.append(json.loads(await asyncio.wait_for(ws.recv(), 30))["type"])
+    assert "error" not in seen, seen
+    assert {"conversation.item.created", "response.audio.delta", "response.audio_transcript.delta",
+            "response.audio.done"} <= set(seen)
+
+
+# ------------------------------------------------------------------------------ auth and origins
+async def test_auth_and_cross_origin_websockets_refused(rt_server):
+    ws_base = rt_server.url.replace("http", "ws")
+    with pytest.raises(websockets.InvalidStatus) as ei:  # wrong key through the SDK
+        async with sdk(rt_server, "wrong").realtime.connect(model="x") as conn:
+            await conn.recv()
+    assert ei.value.response.status_code == 401 and b"invalid_api_key" in ei.value.response.body
+    for path in ("/v1/realtime", "/v1/voice"):
+        with pytest.raises(websockets.InvalidStatus) as bad:
+            async with websockets.connect(ws_base + path, origin="http://evil.example",
+                                          additional_headers={"Authorization": f"Bearer {KEY}"}):
+                pass
+        assert bad.value.response.status_code == 403
+        assert b"origin_not_allowed" in bad.value.response.body
+    # a browser on the page's own origin (or localhost) carrying the key as a subprotocol
+    for origin in (rt_server.url, "http://localhost:5173"):
+        async with websockets.connect(ws_base + "/v1/voice", origin=origin,
+                                      subprotocols=["spark-voice.v1", f"bearer.{KEY}"]) as ws:
+            assert ws.subprotocol == "spark-voice.v1"
+            assert json.loads(await ws.recv())["type"] == "session.created"
+    async with websockets.connect(ws_base + "/v1/realtime", origin=rt_server.url,
+                                  subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+    with pytest.raises(websockets.InvalidStatus) as bad:
+        async with websockets.connect(ws_base + "/v1/voice", origin=rt_server.url,
+                                      subprotocols=["spark-voice.v1", "bearer.wrong"]):
+            pass
+    assert bad.value.response.status_code == 401
+
+
+def test_cross_site_posts_refused(rt_server):
+    url, auth = rt_server.url + "/v1/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(url, json=body, headers={**auth, "Origin": "https://evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    # a form post from another site without an Origin header (Sec-Fetch-Site tells)
+    r = httpx.post(url, content=b"a=b", headers={**auth, "Sec-Fetch-Site": "cross-site",
+                                                  "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 403
+    for headers in ({"Origin": rt_server.url}, {"Origin": "http://127.0.0.1:3000"}, {}):
+        r = httpx.post(url, json=body, headers={**auth, **headers})
+        assert r.status_code == 200, (headers, r.text)
+    assert httpx.get(rt_server.url + "/health", headers={"Origin": "https://evil.example"}).status_code == 200
+    # DNS rebinding: another site's name pointed at 127.0.0.1 (Origin == Host) is not "self" on loopback
+    r = httpx.post(url, json=body, headers={**auth, "Origin": "http://rebound.example:8080",
+                                            "Host": "rebound.example:8080"})
+    assert r.status_code == 403
+
+
+def test_allowed_origins_setting(tmp_path):
+    s = settings_for(tmp_path, SERVE_ALLOWED_ORIGINS="https://app.example.com")
+    pipe = VoicePipeline(MockSTT(language="en"), MockLLM(), MockTTS(), settings=s, language="en")
+    with Server(create_app(s, pipe)) as srv:
+        body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+        ok = httpx.post(srv.url + "/v1/chat/completions", json=body, headers={"Origin": "https://app.example.com"})
+        assert ok.status_code == 200
+        for origin in ("http://localhost:8080", srv.url):  # not listed: refused
+            r = httpx.post(srv.url + "/v1/chat/completions", json=body, headers={"Origin": origin})
+            assert r.status_code == 403
+    with pytest.raises(Exception, match="SERVE_ALLOWED_ORIGINS"):
+        settings_for(tmp_path, SERVE_ALLOWED_ORIGINS="not an origin")
+
+
+# ------------------------------------------------------------------------------ real engines
+@pytest.mark.real
+async def test_realtime_real_engines_spoken_question(dev_settings):
+    for role in ("llm", "stt"):
+        model_file(dev_settings, role)
+    s = Settings.load(ROOT, environ={}, profile="dev", LLM_THREADS="1", STT_THREADS="1", TTS_THREADS="1",
+                      RAG_ENABLED="off", STT_LANGUAGE="en")
+    with Server(create_app(s)) as srv:
+        srv.wait_ready(timeout=300)
+        async with sdk(srv, "x").realtime.connect(model="spark-voice") as conn:
+            await open_session(conn)
+            await append(conn, clip_24k(1.5), pace=0.5)
+            evs = await collect(conn, timeout=300)
+    transcript = next(e for e in evs if e.type == "conversation.item.input_audio_transcription.completed").transcript
+    assert "capital" in transcript.lower() and "france" in transcript.lower()
+    assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
