@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
-from test_serve import KEY, Server, auth
+from test_serve import KEY, Server
 
 from conftest import ROOT, model_file, need
 from spark_voice.audio.io import load_audio
