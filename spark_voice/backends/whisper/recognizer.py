@@ -198,7 +198,7 @@ class WhisperCppSTT(BaseBackend):
         if self._multilingual is False and self.language not in ("en", "auto"):
             self._warn(f"STT_LANGUAGE={self.language} but {self.model_path.name} is English-only: "
                        "it cannot transcribe that language")
-        log.info("whisper.cpp model loaded", extra={"stage": "stt", "model": str(self.model_path),
+        log.info("whisper.cpp model loaded", extra={"role": "stt", "model": str(self.model_path),
                                                       "language": self.language, "n_threads": self.n_threads})
 
     def _probe(self) -> None:
