@@ -44,6 +44,7 @@ from ..types import SAMPLE_RATE_STT, Audio, Stage, Transcript
 from .middleware import header, offered_protocols
 from .openai_compat import ApiError
 from .schemas import parse_json
+from .voice_ws import accept_session, run_session, session_id
 
 log = logging.getLogger("spark_voice.serve.realtime")
 
@@ -84,24 +85,12 @@ def unsupported(what: str, param: str | None = None) -> ClientError:
 
 
 async def realtime_endpoint(websocket, state) -> None:
-    # the ApiKeyAuth middleware checked the key / token and chose the subprotocol to answer with
-    limit = int(state.settings.serve_max_sessions)
-    if len(state.sessions) >= limit:
-        await websocket.close(code=1013, reason=f"server busy: {limit} sessions open (SERVE_MAX_SESSIONS)")
+    if not await accept_session(websocket, state):
         return
-    await websocket.accept(subprotocol=websocket.scope.get("state", {}).get("ws_subprotocol"))
     beta = "realtime=v1" in (header(websocket.scope, b"openai-beta") or "") or \
         "openai-beta.realtime-v1" in offered_protocols(websocket.scope)
     model = websocket.query_params.get("model") or "spark-voice"
-    session = RealtimeSession(websocket, state, websocket.scope.get("state", {}).get("request_id", ""),
-                              model=model, beta=beta)
-    state.sessions.add(session)
-    if state.metrics is not None:
-        state.metrics.ws_sessions.inc()
-    try:
-        await session.run()
-    finally:
-        state.sessions.discard(session)
+    await run_session(state, RealtimeSession(websocket, state, session_id(websocket), model=model, beta=beta))
 
 
 @dataclass

@@ -54,14 +54,28 @@ CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_LATER = 1000, 1008, 1009, 1
 
 
 async def voice_endpoint(websocket, state) -> None:
-    # the ApiKeyAuth middleware checked the key / token and chose the subprotocol to answer with
+    if await accept_session(websocket, state):
+        await run_session(state, WsVoiceSession(websocket, state, session_id(websocket)))
+
+
+def session_id(websocket) -> str:
+    return str(websocket.scope.get("state", {}).get("request_id", ""))
+
+
+async def accept_session(websocket, state) -> bool:
+    """Accept a websocket session (/v1/voice, /v1/realtime) with the subprotocol the ApiKeyAuth
+    middleware chose, or close it 1013 when SERVE_MAX_SESSIONS are open."""
     await websocket.accept(subprotocol=websocket.scope.get("state", {}).get("ws_subprotocol"))
     limit = int(state.settings.serve_max_sessions)
-    if len(state.sessions) >= limit:  # no await between the check and the add below: no race
-        log.warning("voice session refused: too many sessions", extra={"open": len(state.sessions)})
-        await _close(websocket, CLOSE_TRY_LATER, f"server busy: {limit} voice sessions open (SERVE_MAX_SESSIONS)")
-        return
-    session = WsVoiceSession(websocket, state, websocket.scope.get("state", {}).get("request_id", ""))
+    if len(state.sessions) >= limit:  # no await between this check and run_session's add: no race
+        log.warning("session refused: too many sessions", extra={"open": len(state.sessions)})
+        await _close(websocket, CLOSE_TRY_LATER, f"server busy: {limit} sessions open (SERVE_MAX_SESSIONS)")
+        return False
+    return True
+
+
+async def run_session(state, session) -> None:
+    """Run a session registered in the server state (counted by /health and the metrics)."""
     state.sessions.add(session)
     if state.metrics is not None:
         state.metrics.ws_sessions.inc()
