@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
+import test_serve as serve_harness
 import websockets
 
 from conftest import ROOT, model_file, need_module, tone
@@ -38,7 +38,7 @@ from spark_voice.errors import ConfigError
 from spark_voice.pipeline import VoicePipeline
 from spark_voice.serve import auth
 from spark_voice.serve.app import create_app
-from spark_voice.serve.limits import WS_MAX_MESSAGE_BYTES, WS_MAX_QUEUE, check_bind, json_depth, uvicorn_options
+from spark_voice.serve.limits import WS_MAX_MESSAGE_BYTES, WS_MAX_QUEUE, check_bind, json_depth
 from spark_voice.serve.voice_ws import SEND_QUEUE_BYTES
 
 KEY = "sk-hostile-key"
@@ -46,38 +46,17 @@ HANG_GUARD_S = 20.0  # "does not hang", never "is fast"
 
 
 # ------------------------------------------------------------------------------ helpers
-class Server:
-    """An app on a free loopback port, uvicorn in a thread, with the CLI's transport limits."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app
-        cfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3,
-                             **uvicorn_options())
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+class Server(serve_harness.Server):
+    """test_serve's server (the CLI's transport limits), models loaded, and a liveness probe."""
 
     @property
     def state(self):
         return self.app.state.sv
 
     def __enter__(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
+        super().__enter__()
         self.state.wait_loaded(HANG_GUARD_S)
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
     def alive(self) -> dict:
         """/health answers (within the hang guard) with the full body for the key holder."""

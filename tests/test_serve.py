@@ -29,6 +29,7 @@ from spark_voice.backends.registry import Fallback
 from spark_voice.config import Settings
 from spark_voice.pipeline import VoicePipeline
 from spark_voice.serve.app import create_app
+from spark_voice.serve.limits import uvicorn_options
 
 KEY = "sk-test-key"
 
@@ -45,7 +46,8 @@ class Server:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        cfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3)
+        cfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=3,
+                             **uvicorn_options())  # the websocket transport limits of `spark-voice serve`
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -283,20 +283,13 @@ class RealtimeSession:
         if voice in OPENAI_VOICES or voice == "":
             self.pipe.voice = self.state.pipeline.voice  # the configured default voice
         else:
-            names = self._voice_names()
+            names = [v.name for v in self.state.voices()]
             if names and voice not in names:
                 raise ClientError(f"unknown voice {voice!r}; available voices: {', '.join(names)} "
                                   f"(OpenAI's names select the default voice)", "unknown_voice",
                                   "session.audio.output.voice")
             self.pipe.voice = voice
         self.cfg.voice = voice
-
-    def _voice_names(self) -> list[str]:
-        tts = self.state.backends.get("tts")
-        try:
-            return [v.name for v in tts.voices()] if tts is not None else []
-        except Exception:
-            return []
 
     # ------------------------------------------------------------------ inbound
     def handle(self, ev: dict[str, Any]) -> None:
@@ -696,7 +689,10 @@ class RealtimeSession:
                 if not isinstance(ev, dict):
                     self.error("events must be JSON objects", "invalid_json")
                     continue
-                self.handle(ev)
+                if ev.get("type") == "session.update":  # a voice check may load the TTS model
+                    await self.state.runner.call(self.handle, ev)
+                else:
+                    self.handle(ev)
         except Exception as exc:  # a broken connection ends the session, not the server
             log.info("realtime session ended", extra={"request_id": self.session_id, "reason": str(exc)})
         finally:

@@ -16,7 +16,7 @@ from ..backends.registry import build
 from ..config import Settings
 from ..events import LatencyRecorder
 from ..pipeline import VoicePipeline
-from ..types import Role
+from ..types import Role, Voice
 from .engines import EngineGate, Gated, Runner
 from .metrics import MeteredLatencyRecorder, Metrics
 
@@ -124,6 +124,14 @@ class ServerState:
         return self.status.get(role, {}).get("state") in ("pending", "loading")
 
     # ------------------------------------------------------------------ sessions
+    def voices(self) -> list[Voice]:
+        """The TTS voices, or [] when there is no TTS or it cannot list them (blocking: may load)."""
+        tts = self.backends.get("tts")
+        try:
+            return list(tts.voices()) if tts is not None else []
+        except Exception:
+            return []
+
     def session_pipeline(self) -> VoicePipeline:
         """A pipeline for one websocket session: its own history, the shared (gated) engines and
         the shared latency recorder."""

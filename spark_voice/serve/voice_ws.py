@@ -272,7 +272,7 @@ class WsVoiceSession:
                 self.error("`language` must be a string such as ja, en or auto", "invalid_control")
                 return
             if voice:
-                names = await self.state.runner.call(self._voice_names)  # may load a model: not on the loop
+                names = [v.name for v in await self.state.runner.call(self.state.voices)]  # may load: off the loop
                 if names and voice not in names:
                     self.error(f"unknown voice {voice!r}; available voices: {', '.join(names)}", "unknown_voice")
                     return
@@ -302,20 +302,6 @@ class WsVoiceSession:
         else:
             self.error(f"unknown control message type {str(kind)[:40]!r}; accepted: start, stop, text, cancel, ping",
                        "invalid_control")
-
-    def _voices(self) -> list[dict[str, str]]:
-        tts = self.state.backends.get("tts")
-        try:
-            return [{"name": v.name, "language": v.language} for v in tts.voices()] if tts is not None else []
-        except Exception:
-            return []
-
-    def _voice_names(self) -> list[str]:
-        tts = self.state.backends.get("tts")
-        try:
-            return [v.name for v in tts.voices()] if tts is not None else []
-        except Exception:
-            return []
 
     def _enqueue(self, item: tuple) -> bool:
         try:
@@ -389,7 +375,8 @@ class WsVoiceSession:
         feeder = threading.Thread(target=self._feeder, name=f"ws-feed-{self.session_id}", daemon=True)
         feeder.start()
         tts = self.state.backends.get("tts")
-        voices = await self.loop.run_in_executor(None, self._voices)  # may load a model: off the loop
+        voices = [{"name": v.name, "language": v.language}
+                  for v in await self.state.runner.call(self.state.voices)]  # may load a model: off the loop
         self.send_event({"type": "session.created", "request_id": self.session_id, "t_ms": 0.0,
                          "input_format": "pcm_s16le", "input_sample_rate": SAMPLE_RATE_STT,
                          "formats": list(WS_FORMATS), "tts_provider": getattr(tts, "provider", None),
