@@ -401,6 +401,41 @@ def test_ws_several_sessions_at_once(main_server):
         assert any(e["type"] == "tts.chunk" and e["audio"] for e in events)
 
 
+def test_ws_reset_starts_a_new_conversation(tmp_path):
+    """{"type": "reset"}: the next turn's prompt has no history (the page's "New conversation")."""
+    prompts: list[list[dict]] = []
+
+    class Recording(MockLLM):
+        def _answer(self, messages: list[dict]) -> str:
+            prompts.append([dict(m) for m in messages])
+            return super()._answer(messages)
+
+    s = settings_for(tmp_path, SERVE_API_KEY=KEY)
+    pipe = VoicePipeline(MockSTT(), Recording(), MockTTS(), settings=s, language="en")
+
+    async def go(url: str) -> list[dict]:
+        async with websockets.connect(url, additional_headers=auth(), max_size=None) as ws:
+            await ws.recv()  # session.created
+            events: list[dict] = []
+            for text in ("first question", "second question"):
+                await ws.send(json.dumps({"type": "text", "text": text}))
+                events += await _ws_events(ws, lambda e: e["type"] == "turn.done")
+            await ws.send(json.dumps({"type": "reset"}))
+            events += await _ws_events(ws, lambda e: e["type"] == "session.reset")
+            await ws.send(json.dumps({"type": "text", "text": "third question"}))
+            events += await _ws_events(ws, lambda e: e["type"] == "turn.done")
+            return events
+
+    with Server(create_app(s, pipe, embedder=MockEmbedder())) as srv:
+        srv.wait_ready()
+        events = asyncio.run(go(_ws_url(srv)))
+    users = [[m["content"] for m in p if m["role"] == "user"] for p in prompts]
+    assert users[0] == ["first question"] and users[1] == ["first question", "second question"]
+    assert users[2] == ["third question"]  # the history is gone
+    assert [e["type"] for e in events].count("session.reset") == 1
+    assert sum(1 for e in events if e["type"] == "turn.done" and not e.get("cancelled")) == 3
+
+
 def test_client_disconnect_frees_the_engine(tmp_path):
     s = settings_for(tmp_path, SERVE_API_KEY=KEY)
     llm = MockLLM(token_delay=0.2, answer="word " * 1000)  # 256 tokens (LLM_MAX_TOKENS) take ~50 s

@@ -1,9 +1,9 @@
 """WS /v1/voice: a live voice conversation (protocol in serve/README.md).
 
 Client -> server: binary frames of mono PCM16 little-endian audio (16 kHz unless `start` says
-otherwise) and JSON control messages {"type": "start" | "stop" | "text" | "cancel"}. Server -> client: JSON
-events (`type` = pipeline stage) with the turn's request_id; every `tts.chunk` event is followed
-by exactly one binary frame holding that chunk's audio.
+otherwise) and JSON control messages {"type": "start" | "stop" | "text" | "cancel" | "reset" |
+"ping"}. Server -> client: JSON events (`type` = pipeline stage) with the turn's request_id;
+every `tts.chunk` event is followed by exactly one binary frame holding that chunk's audio.
 
 Threads: the receive loop never blocks; audio goes to a per-session feeder thread that runs the
 streaming recogniser (VoiceSession.feed); each turn runs in the pipeline's worker threads; their
@@ -238,6 +238,10 @@ class WsVoiceSession:
                     session.flush()
                 elif kind == "text":  # a typed turn: answered like a spoken one (cancels a running answer)
                     session.respond(text=item[1])
+                elif kind == "reset":  # a new conversation: audio heard so far and the history dropped
+                    session.reset_input()
+                    session.pipeline.reset()
+                    self.send_event({"type": "session.reset", "request_id": self.session_id, "t_ms": self._ms()})
             except Exception as exc:
                 log.warning("voice session error", extra={"request_id": self.session_id, "error": str(exc)})
                 self.error(f"{type(exc).__name__}: {exc}", "session_error")
@@ -294,14 +298,17 @@ class WsVoiceSession:
                 return
             self.started = True
             self._enqueue(("text", text.strip()))
-        elif kind == "cancel":
+        elif kind in ("cancel", "reset"):
             if self.session is not None and self.session._active_rid:
                 self.session.pipeline.cancel(self.session._active_rid)
+            if kind == "reset":
+                self.started = True
+                self._enqueue(("reset",))
         elif kind == "ping":
             self.send_event({"type": "pong", "request_id": self.session_id, "t_ms": self._ms()})
         else:
-            self.error(f"unknown control message type {str(kind)[:40]!r}; accepted: start, stop, text, cancel, ping",
-                       "invalid_control")
+            self.error(f"unknown control message type {str(kind)[:40]!r}; accepted: start, stop, text, cancel, "
+                       "reset, ping", "invalid_control")
 
     def _enqueue(self, item: tuple) -> bool:
         try:

@@ -8,7 +8,7 @@
   const stats = (window.svStats = {
     ready: false, connected: false, sessions: 0, framesSent: 0, chunksReceived: 0, chunksScheduled: 0,
     scheduledSeconds: 0, playing: 0, flushes: 0, paused: 0, resumed: 0, turnsDone: 0, firstAudio: [], lastTranscript: "", lastAnswer: "",
-    micError: "", errors: [], events: 0,
+    micError: "", errors: [], events: 0, micOnsets: [], wsAuth: "",
   });
   let key = "";
   try { key = localStorage.getItem(KEY_STORE) || ""; } catch (e) { /* storage disabled */ }
@@ -142,18 +142,39 @@
   }
 
   // ------------------------------------------------------------------ the websocket
-  function connect() {
+  async function sessionToken() {
+    // the key stays in HTTP headers: the websocket carries a short-lived token (POST /v1/session-token)
+    let r;
+    try {
+      r = await fetch("/v1/session-token", {
+        method: "POST", headers: { ...authHeaders(), "Content-Type": "application/json" }, body: "{}",
+      });
+    } catch (e) {
+      return null;
+    }
+    if (!r.ok) return null;
+    return (await r.json()).token || null;
+  }
+
+  async function connect() {
     clearTimeout(retryTimer);
     wsWanted = true;
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/voice";
     const protocols = ["spark-voice.v1"];
-    if (key) protocols.push("bearer." + key);
+    if (key) {
+      const token = await sessionToken();
+      if (!token) {   // the key was refused, or the server is away: checkKey says which and retries
+        if (await checkKey() && wsWanted) retryTimer = setTimeout(connect, 3000);
+        return;
+      }
+      protocols.push("spark-voice.token." + token);
+    }
+    stats.wsAuth = key ? "token" : "none";
     let sock;
     try {
       sock = new WebSocket(url, protocols);
     } catch (e) {
-      notice("Cannot open the voice connection: " + e.message + " (the key may contain characters a "
-             + "websocket subprotocol cannot carry).");
+      notice("Cannot open the voice connection: " + e.message);
       return;
     }
     sock.binaryType = "arraybuffer";
@@ -257,6 +278,9 @@
         claimOrigin(t);
         if (t.ev.first_audio == null) { t.ev.first_audio = ev.t_ms; t.chunkAt = performance.now(); }
         nextAudio = ev;
+        break;
+      case "session.reset":
+        stats.resets = (stats.resets || 0) + 1;
         break;
       case "turn.paused":
         // speech over the answer: hold what is playing until the server knows whether it was words
@@ -425,6 +449,7 @@
       const src = a.createMediaStreamSource(micStream);
       node = new AudioWorkletNode(a, "pcm-capture", { numberOfOutputs: 0, processorOptions: { outRate: 16000, frameMs: 20 } });
       node.port.onmessage = (e) => {
+        micLevel(new Int16Array(e.data));
         if ((talking || handsFree) && ws && ws.readyState === WebSocket.OPEN) { ws.send(e.data); stats.framesSent++; }
       };
       src.connect(node);
@@ -433,6 +458,31 @@
     const ok = await micStarting;
     micStarting = null;
     return ok;
+  }
+
+  // the input level, shown on the talk button (is the microphone working?), and the onsets of sound
+  // after a quiet stretch (svStats.micOnsets, page clock: tests align the looping fake microphone)
+  let quietFrames = 0, levelFrame = 0, level = 0;
+  function micLevel(pcm) {
+    let sum = 0;
+    for (let i = 0; i < pcm.length; i++) sum += pcm[i] * pcm[i];
+    const db = 10 * Math.log10(sum / Math.max(1, pcm.length) / (32768 * 32768) + 1e-12);
+    if (db > -45) {
+      if (quietFrames >= 15) {
+        stats.micOnsets.push(performance.now());
+        if (stats.micOnsets.length > 50) stats.micOnsets.shift();
+      }
+      quietFrames = 0;
+    } else {
+      quietFrames++;
+    }
+    level = Math.max(level * 0.8, Math.min(1, Math.max(0, (db + 60) / 50)));
+    if (!levelFrame) {
+      levelFrame = requestAnimationFrame(() => {
+        levelFrame = 0;
+        $("level").style.transform = `scaleX(${level.toFixed(3)})`;
+      });
+    }
   }
 
   async function startTalk() {
@@ -529,6 +579,14 @@
       key = $("key").value.trim();
       try { localStorage.setItem(KEY_STORE, key); } catch (err) { /* storage disabled */ }
       if (await checkKey()) { notice(""); reconnect(); }
+    });
+    $("reset").addEventListener("click", () => {
+      // a new conversation: stop the answer, forget the history (server) and the log (here)
+      flush("reset");
+      send({ type: "reset" });
+      $("log").replaceChildren();
+      turns.clear();
+      origin = null; utterance = null;
     });
     $("language").addEventListener("change", reconnect);
     $("voice").addEventListener("change", reconnect);
