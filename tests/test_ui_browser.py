@@ -171,7 +171,7 @@ def page_spoken_turn(page, loop_s: float, speech_s: float, timeout_s: float) -> 
 
 
 def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken_check,
-             hands_free: bool = False, pairs: int = 2) -> None:
+             hands_free: bool = False, pairs: int = 2, sources: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     wav = tmp_path / "fake_mic.wav"
@@ -198,6 +198,7 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
             assert page.locator("#talk").is_enabled()
             # the key stays in HTTP headers: the websocket was opened with a session token
             assert stats(page)["wsAuth"] == ("token" if key else "none")
+            wait(page, "() => document.getElementById('providers').textContent.includes('llm: ')", 20)
 
             # 1. a spoken turn, press to talk: the microphone opens on the press and the fake device
             # starts its file then; hold until the question has been said
@@ -241,6 +242,8 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
                        f"&& window.svStats.chunksScheduled > {s['chunksScheduled']}", timeout_s)
             assert page.locator(".msg.user .body").last.inner_text().strip() == "What is the capital of Japan?"
             assert page.locator(".msg.bot").count() == bots + 1
+            if sources:  # rag.hits shown under the answer
+                assert "fuji.md" in page.locator(".msg.bot").last.locator(".sources").inner_text()
 
             # 3. barge-in: talk while the answer plays -> playback flushed at once, the answer cancelled
             s = settle(page, timeout_s)
@@ -328,15 +331,23 @@ def test_page_served_with_headers(tmp_path):
 
 
 def test_page_mock_profile(tmp_path):
+    from spark_voice.backends.mock import MockEmbedder
+    from spark_voice.rag.ingest import ingest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "fuji.md").write_text("Mount Fuji is 3776 metres high. It is the highest mountain in Japan.\n")
     s = Settings.load(tmp_path, environ={}, use_dotenv=False, profile="mock", SERVE_API_KEY=KEY,
-                      STT_LANGUAGE="en")
+                      STT_LANGUAGE="en", RAG_INDEX_PATH=str(tmp_path / "index.bin"), RAG_MIN_SCORE="0")
+    ingest(docs, s.rag_index_path, MockEmbedder(), s, progress=False)  # the page lists retrieved sources
     with Server(create_app(s)) as srv:
         srv.wait_ready()
 
         def check(text: str) -> None:
             assert "mock transcript" in text
 
-        run_page(srv, tmp_path, key=KEY, timeout_s=30, spoken_check=check, hands_free=True, pairs=1)
+        run_page(srv, tmp_path, key=KEY, timeout_s=30, spoken_check=check, hands_free=True, pairs=1,
+                 sources=True)
 
 
 def test_page_not_ready_and_microphone_denied(tmp_path):

@@ -12,7 +12,7 @@
   });
   let key = "";
   try { key = localStorage.getItem(KEY_STORE) || ""; } catch (e) { /* storage disabled */ }
-  let ws = null, wsWanted = false, retryTimer = null;
+  let ws = null, wsWanted = false, retryTimer = null, healthTimer = 0;
   // two audio contexts: playback is suspended while a possible interruption is judged (turn.paused),
   // the microphone must keep running meanwhile
   let ctx = null, micCtx = null, node = null, micStream = null, micStarting = null, paused = false;
@@ -106,16 +106,17 @@
   async function pollHealth() {
     let ready = false;
     try {
-      const [h, r] = await Promise.all([fetch("/health"), fetch("/ready")]);
+      // with the key, /health has the details (providers, fallbacks); without it, the public part
+      const [h, r] = await Promise.all([fetch("/health", { headers: authHeaders() }), fetch("/ready")]);
       const body = await h.json();
       ready = r.status === 200;
       const warnings = body.warnings || [];
       const ul = $("warnings");
       ul.replaceChildren(...warnings.map((w) => { const li = document.createElement("li"); li.textContent = w; return li; }));
       ul.hidden = warnings.length === 0;
-      const prov = Object.entries(body.providers || {}).map(([role, p]) =>
+      const prov = Object.entries(body.providers || {}).filter(([, p]) => p && p.provider).map(([role, p]) =>
         `${role}: ${p.provider}${p.is_mock ? " (mock)" : ""}${p.fallback_count ? `, fell back ${p.fallback_count}×` : ""}`);
-      $("providers").textContent = `profile ${body.profile} · ` + prov.join(" · ");
+      $("providers").textContent = [body.profile ? `profile ${body.profile}` : "", ...prov].filter(Boolean).join(" · ");
       if (!ready) {
         const roles = Object.entries(body.providers || {});
         const done = roles.filter(([, p]) => p.ready).length;
@@ -137,7 +138,8 @@
       setStatus(stats.connected ? "ready" : "connecting…", stats.connected ? "ok" : "");
     }
     stats.ready = ready;
-    setTimeout(pollHealth, ready ? 15000 : 2000);
+    clearTimeout(healthTimer);
+    healthTimer = setTimeout(pollHealth, ready ? 15000 : 2000);
     return ready;
   }
 
@@ -578,7 +580,7 @@
       e.preventDefault();
       key = $("key").value.trim();
       try { localStorage.setItem(KEY_STORE, key); } catch (err) { /* storage disabled */ }
-      if (await checkKey()) { notice(""); reconnect(); }
+      if (await checkKey()) { notice(""); reconnect(); pollHealth(); }
     });
     $("reset").addEventListener("click", () => {
       // a new conversation: stop the answer, forget the history (server) and the log (here)
