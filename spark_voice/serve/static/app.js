@@ -587,7 +587,7 @@
       flush("reset");
       send({ type: "reset" });
       $("log").replaceChildren();
-      turns.clear();
+      for (const t of turns.values()) { t.cancelled = true; t.user = null; t.bot = null; }  // late chunks stay silent
       origin = null; utterance = null;
     });
     $("language").addEventListener("change", reconnect);
