@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Protocol, Sequence
 
 from .audio.io import AudioInput, load_audio
-from .backends.base import Backend, Embedder, LanguageModel, SpeechToText, TextToSpeech, supports_tools
+from .backends.base import (
+    Backend,
+    Embedder,
+    LanguageModel,
+    SpeechToText,
+    TextToSpeech,
+    count_prompt_tokens,
+    supports_tools,
+    takes_kwarg,
+)
 from .backends.registry import build
 from .config import Settings
 from .errors import Cancelled, SparkVoiceError, VoiceError
@@ -66,6 +75,10 @@ class Turn:
     hits: list[Hit] = field(default_factory=list)
     analysis: str = ""
     tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments", "result", "ok", "ms"}
+    # calls of client tools (VoicePipeline.client_tools) the caller has to answer: {"id", "name", "arguments"}
+    pending_calls: list[dict] = field(default_factory=list)
+    # the engine's own counts over the turn's LLM rounds: prompt_tokens, completion_tokens (summed)
+    usage: dict[str, int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     latencies: dict[str, float] = field(default_factory=dict)  # ms, see events.turn_latencies
     cancelled: bool = False
@@ -102,7 +115,7 @@ class VoicePipeline:
         self.voice = voice
         self.history_turns = s.llm_history_turns if history_turns is None else history_turns
         self.top_k = top_k or s.rag_top_k
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
         self.latency = LatencyRecorder(latency_window or s.serve_latency_window)
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -116,6 +129,11 @@ class VoicePipeline:
             self.tools.timeout = float(tool_timeout)
         # the first LLM round of a turn: "auto", "required" or {"type": "function", ...}; later rounds: auto
         self.tool_choice = tool_choice
+        # tools the *caller* runs (OpenAI function specs, e.g. a Realtime client's): offered to the
+        # model next to `tools`; a call to one ends the turn with it in `Turn.pending_calls` (and an
+        # `llm.tool_call` event with client=True). Its result goes into `history` as a tool message,
+        # then `turn(resume=True)` lets the model go on from there.
+        self.client_tools: list[dict[str, Any]] = []
 
     def tool(self, fn: Callable[..., Any] | None = None, **kw: Any) -> Tool | Callable[[Callable[..., Any]], Tool]:
         """Decorator: ``@pipeline.tool`` registers a function (sync or async) as a tool."""
@@ -255,11 +273,12 @@ class VoicePipeline:
     def turn(self, emit: Emit, *, audio: AudioInput | None = None, text: str | None = None, speak: bool = True,
              request_id: str | None = None, sample_rate: int | None = None, streaming_stt: bool = False,
              start: float | None = None, transcript: Transcript | None = None,
-             prior_events: Sequence[Event] = ()) -> Turn:
+             prior_events: Sequence[Event] = (), resume: bool = False) -> Turn:
         """Run one turn in this thread, reporting each event to `emit` as it happens (what `run`,
         `stream` and :class:`~spark_voice.session.VoiceSession` are built on). `transcript`: the
         user's words are already known (a live session's final); `start` and `prior_events`: the
-        turn began earlier (its STT events count for the latencies)."""
+        turn began earlier (its STT events count for the latencies). `resume`: no new user words;
+        the model goes on from `history` as it is (after the results of client tool calls)."""
         rid = request_id or new_request_id()
         cancel = threading.Event()
         with self._lock:
@@ -277,7 +296,9 @@ class VoicePipeline:
 
         try:
             # 1. speech to text
-            if transcript is not None:
+            if resume:
+                turn.language = self.language if self.language != "auto" else ""
+            elif transcript is not None:
                 turn.transcript, turn.language = transcript.text, transcript.language
             elif text is not None:
                 turn.transcript = text.strip()
@@ -288,26 +309,28 @@ class VoicePipeline:
                     raise SparkVoiceError("this pipeline has no speech-to-text backend; pass text=")
                 tr = self._transcribe(self.stt, audio, sample_rate, streaming_stt, out, cancel)
                 turn.transcript, turn.language = tr.text, tr.language
-            if text is not None:  # typed text: its script tells the language, not STT_LANGUAGE
+            if resume:
+                pass
+            elif text is not None:  # typed text: its script tells the language, not STT_LANGUAGE
                 turn.language = guess_language(turn.transcript)
             elif self.language != "auto":
                 turn.language = self.language
             else:
                 turn.language = turn.language or guess_language(turn.transcript)
-            if not turn.transcript:
+            if not turn.transcript and not resume:
                 out(Stage.TURN_DONE, reason="no speech")
                 return turn
-            # 2. retrieval
-            hits = self._retrieve(turn.transcript, out)
+            # 2. retrieval (a resumed turn has no new words to look up)
+            hits = [] if resume else self._retrieve(turn.transcript, out)
             turn.hits = hits
             # 3. LLM -> chunker -> TTS
             if self.llm is None:
                 raise SparkVoiceError("this pipeline has no language model backend")
-            self._answer(self.llm, turn, hits, speak, cancel, out)
+            exchange = self._answer(self.llm, turn, hits, speak, cancel, out, resume=resume)
             turn.cancelled = cancel.is_set()
-            out(Stage.TURN_DONE, cancelled=turn.cancelled)
+            out(Stage.TURN_DONE, cancelled=turn.cancelled, usage=dict(turn.usage))
             if not turn.cancelled:
-                self._remember(turn.transcript, turn.answer)
+                self._remember(exchange)
         except Cancelled:
             turn.cancelled = True
             out(Stage.TURN_DONE, cancelled=True)
@@ -379,19 +402,30 @@ class VoicePipeline:
         out(Stage.RAG_HITS, hits=[h.to_dict() for h in hits], ms=round((time.perf_counter() - t0) * 1000, 3))
         return hits
 
-    def messages_for(self, user_text: str, hits: Sequence[Hit] = ()) -> list[dict[str, str]]:
-        """The prompt of a turn (see :func:`spark_voice.prompt.build_messages`)."""
+    def messages_for(self, user_text: str | None, hits: Sequence[Hit] = ()) -> list[dict[str, Any]]:
+        """The prompt of a turn (see :func:`spark_voice.prompt.build_messages`); `user_text` None:
+        history only (a resumed turn)."""
         return build_messages(self.system_prompt, user_text, hits=hits, history=self.history)
 
-    def _remember(self, user: str, answer: str) -> None:
-        if self.history_turns <= 0:
+    def _remember(self, exchange: list[dict[str, Any]]) -> None:
+        """Add a turn's messages to the history: user + answer, or (a client tool call pending)
+        user + the assistant's calls + server tool results, which the caller's results and a
+        resumed turn continue. Keeps the last `history_turns` exchanges (each starts at a user
+        message), never cutting one in two."""
+        if self.history_turns <= 0 and not any(m.get("tool_calls") for m in exchange):
             return
-        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        del self.history[: max(0, len(self.history) - 2 * self.history_turns)]
+        self.history += exchange
+        users = [i for i, m in enumerate(self.history) if m.get("role") == "user"]
+        keep = max(self.history_turns, 1)
+        if len(users) > keep:
+            del self.history[:users[len(users) - keep]]
 
     def _answer(self, llm: LanguageModel, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event,
-                out: Out) -> None:
-        messages = self.messages_for(turn.transcript, hits)
+                out: Out, resume: bool = False) -> list[dict[str, Any]]:
+        """Answer; returns the turn's new messages for the history (see `_remember`)."""
+        messages = self.messages_for(None if resume else turn.transcript, hits)
+        new_from = len(messages) if resume else len(messages) - 1
+        user_msg = [] if resume else [{"role": "user", "content": turn.transcript}]
         chunker = SentenceChunker.from_settings(self.settings)
         sentences: queue.Queue[str | None] = queue.Queue()
         answer: list[str] = []
@@ -429,21 +463,28 @@ class VoicePipeline:
                 if tts_thread is not None:
                     sentences.put(sentence)
 
-        use_tools = bool(self.tools) and supports_tools(llm)
-        specs = self.tools.specs() if use_tools else []
+        client = {str((t.get("function") or {}).get("name")) for t in self.client_tools}
+        use_tools = bool(self.tools or self.client_tools) and supports_tools(llm)
+        specs = [*self.tools.specs(), *self.client_tools] if use_tools else []
+        want_stats = takes_kwarg(llm, "stats")
         calls_made = 0
         rounds = 0
         try:
             while True:
                 kw: dict[str, Any] = {}
                 last_round = calls_made >= self.tools.max_calls
-                if use_tools:
+                if use_tools:  # a resumed turn continues after tool results: auto
                     kw = {"tools": specs, "tool_choice": "none" if last_round else (
-                        self.tool_choice if rounds == 0 else "auto")}
+                        self.tool_choice if rounds == 0 and not resume else "auto")}
+                stats: dict[str, Any] = {}
+                if want_stats:
+                    kw["stats"] = stats
                 rounds += 1
                 pending: dict[int, list] = {}
                 t_round = time.perf_counter()
+                n_deltas = 0
                 for delta in llm.stream_chat(messages, cancel=cancel, **kw):
+                    n_deltas += 1
                     if cancel.is_set():
                         break
                     if getattr(delta, "kind", "text") == "tool_call":  # arguments: never spoken
@@ -459,6 +500,7 @@ class VoicePipeline:
                     answer.append(delta.text)
                     out(Stage.LLM_TOKEN, delta.text, channel=delta.channel)
                     release(chunker.push(delta.text))
+                self._count(turn, llm, messages, stats, n_deltas)
                 if cancel.is_set() or not pending or last_round:
                     break
                 release(chunker.flush())  # a preamble ("Let me check.") is spoken while the tool runs
@@ -466,8 +508,16 @@ class VoicePipeline:
                     answer.append(" ")
                 llm_ms = round((time.perf_counter() - t_round) * 1000, 3)
                 calls = [ToolCall(name, "".join(parts)) for name, parts in pending.values()]
-                messages = self._run_tools(calls, messages, turn, cancel, out, llm_ms)
+                mine = [c for c in calls if c.name in client]
+                messages = self._run_tools([c for c in calls if c.name not in client], messages, turn, cancel,
+                                           out, llm_ms, handed_out=mine)
                 calls_made += len(calls)
+                if mine:  # the caller answers these: the turn ends here, the history keeps the calls
+                    for c in mine:
+                        turn.pending_calls.append({"id": c.id, "name": c.name, "arguments": c.arguments})
+                        out(Stage.LLM_TOOL_CALL, c.name, call_id=c.id, name=c.name, arguments=c.arguments,
+                            llm_ms=llm_ms, client=True)
+                    break
                 if cancel.is_set():
                     break
             if not cancel.is_set():
@@ -482,12 +532,32 @@ class VoicePipeline:
             raise tts_error[0]
         if chunks:
             turn.audio = Audio.concat(chunks)
+        if turn.pending_calls:
+            return user_msg + messages[new_from + len(user_msg):]
+        return user_msg + [{"role": "assistant", "content": turn.answer}]
+
+    @staticmethod
+    def _count(turn: Turn, llm: LanguageModel, messages: list[dict], stats: dict[str, Any], n_deltas: int) -> None:
+        """Add one LLM round to `turn.usage`: the engine's own counts (``stats=``) when it reports
+        them, else the prompt counted by its tokenizer and the streamed pieces."""
+        u = turn.usage
+        p = stats.get("prompt_tokens")
+        if p is None:
+            try:
+                p = count_prompt_tokens(llm, messages)
+            except Exception:
+                p = 0
+        c = stats.get("completion_tokens", n_deltas)
+        u["prompt_tokens"] = u.get("prompt_tokens", 0) + int(p)
+        u["completion_tokens"] = u.get("completion_tokens", 0) + int(c)
 
 
     def _run_tools(self, calls: list[ToolCall], messages: list[dict], turn: Turn, cancel: threading.Event,
-                   out: Out, llm_ms: float) -> list[dict]:
-        """Run the model's tool calls; the messages with the calls and their results appended."""
-        messages = [*messages, {"role": "assistant", "content": "", "tool_calls": [c.to_openai() for c in calls]}]
+                   out: Out, llm_ms: float, handed_out: Sequence[ToolCall] = ()) -> list[dict]:
+        """Run the model's tool calls; the messages with the calls (and `handed_out`, the client
+        tools' calls, not run here) and their results appended."""
+        messages = [*messages, {"role": "assistant", "content": "",
+                                "tool_calls": [c.to_openai() for c in [*calls, *handed_out]]}]
         for call in calls:
             out(Stage.LLM_TOOL_CALL, call.name, call_id=call.id, name=call.name, arguments=call.arguments,
                 llm_ms=llm_ms)

@@ -6,11 +6,11 @@ One function builds it for the voice turn (:class:`spark_voice.pipeline.VoicePip
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from .types import Hit
 
-Message = dict[str, str]
+Message = dict[str, Any]
 
 CONTEXT_INTRO = "Use the following context if it helps; do not read source names aloud."
 
@@ -35,10 +35,12 @@ def with_context(messages: Sequence[Message], hits: Sequence[Hit]) -> list[Messa
     return [{"role": "system", "content": note}, *msgs]
 
 
-def build_messages(system_prompt: str, user_text: str, *, hits: Sequence[Hit] = (),
-                   history: Sequence[Message] = ()) -> list[Message]:
-    """The messages of a voice turn: [system], history..., user (context in the system message)."""
-    msgs: list[Message] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+def build_messages(system_prompt: str, user_text: str | None, *, hits: Sequence[Hit] = (),
+                   history: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The messages of a voice turn: [system], history..., user (context in the system message).
+    `user_text` None: no user message (a turn resumed after tool results in the history)."""
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     msgs += [dict(m) for m in history]
-    msgs.append({"role": "user", "content": user_text})
+    if user_text is not None:
+        msgs.append({"role": "user", "content": user_text})
     return with_context(msgs, hits)

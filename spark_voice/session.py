@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import SparkVoiceError
 from .events import Event, new_request_id
@@ -39,19 +39,22 @@ class VoiceSession:
     def __init__(self, pipeline: VoicePipeline, emit: Emit, *, speak: bool = True,
                  request_id_factory: Callable[[], str] = new_request_id,
                  barge_in: BargeInPolicy | None = None,
-                 respond_to: Callable[[str, Transcript], bool] | None = None, interrupt: bool = True) -> None:
+                 respond_to: Callable[[str, Transcript], bool] | None = None, interrupt: bool = True,
+                 stream_options: dict[str, Any] | None = None) -> None:
         """respond_to(request_id, transcript): asked at each final transcript whether to answer it
         now (default: always); an utterance left unanswered can be answered later with
         :meth:`respond` and its request id. interrupt=False: speech over an answer neither pauses
-        nor cancels it (the Realtime API's ``interrupt_response: false``)."""
+        nor cancels it (the Realtime API's ``interrupt_response: false``). stream_options: keyword
+        overrides for the recogniser's stream (silence_ms, vad_threshold, prefix_padding_ms,
+        end_of_turn; see :meth:`set_stream_options`)."""
         if pipeline.stt is None:
             raise SparkVoiceError("a voice session needs a speech-to-text backend")
         self.pipeline, self.emit, self.speak = pipeline, emit, speak
         self.respond_to, self.interrupt = respond_to, interrupt
         self._pending_utt: tuple[str, float | None, list[Event]] | None = None  # an unanswered utterance
         pipeline.load()
-        lang = pipeline.language
-        self._stream = pipeline.stt.stream(None if lang == "auto" else lang)
+        self.stream_options: dict[str, Any] = dict(stream_options or {})
+        self._stream = self._open_stream()
         self._new_id = request_id_factory
         self._rid = request_id_factory()
         self._turn_start: float | None = None
@@ -204,27 +207,46 @@ class VoiceSession:
             return
         self._run_turn(rid, start, stt_events, transcript=transcript)
 
-    def reset_input(self) -> None:
-        """Drop the audio heard so far (a new recogniser stream); a running answer goes on."""
+    def _open_stream(self) -> Any:
         lang = self.pipeline.language
         assert self.pipeline.stt is not None
-        self._stream = self.pipeline.stt.stream(None if lang == "auto" else lang)
+        lang_arg = None if lang == "auto" else lang
+        if self.stream_options:  # only then: a third-party recogniser may take no options
+            return self.pipeline.stt.stream(lang_arg, **self.stream_options)
+        return self.pipeline.stt.stream(lang_arg)
+
+    def reset_input(self) -> None:
+        """Drop the audio heard so far (a new recogniser stream); a running answer goes on."""
+        self._stream = self._open_stream()
         self._events, self._turn_start = [], None
 
+    def set_stream_options(self, options: dict[str, Any]) -> bool:
+        """End-of-turn settings for this session's recogniser from now on: ``silence_ms`` (a fixed
+        silence ends the turn), ``vad_threshold``, ``prefix_padding_ms``, ``end_of_turn`` (a
+        factory of :class:`~spark_voice.turn.EndOfTurn`). A change starts a new stream (audio
+        not yet ended as an utterance is dropped); returns whether it changed."""
+        if options == self.stream_options:
+            return False
+        self.stream_options = dict(options)
+        self.reset_input()
+        return True
+
     def respond(self, transcript: Transcript | None = None, *, text: str | None = None,
-                request_id: str | None = None, speak: bool | None = None) -> str:
+                request_id: str | None = None, speak: bool | None = None, resume: bool = False) -> str:
         """Answer now: a transcript (an utterance held back by `respond_to`, named by its
-        request_id) or typed `text`. A running answer is cancelled first. Returns the turn's id."""
+        request_id) or typed `text`; `resume`: no new words, the model goes on from the history
+        (after client tool results). A running answer is cancelled first. Returns the turn's id."""
         held = self._pending_utt if self._pending_utt is not None and self._pending_utt[0] == request_id else None
         if held is not None:
             self._pending_utt = None
         rid = request_id or self._new_id()
         start, events = (held[1], held[2]) if held is not None else (None, [])
-        self._run_turn(rid, start, events, transcript=transcript, text=text, speak=speak)
+        self._run_turn(rid, start, events, transcript=transcript, text=text, speak=speak, resume=resume)
         return rid
 
     def _run_turn(self, rid: str, start: float | None, stt_events: list[Event], *,
-                  transcript: Transcript | None = None, text: str | None = None, speak: bool | None = None) -> None:
+                  transcript: Transcript | None = None, text: str | None = None, speak: bool | None = None,
+                  resume: bool = False) -> None:
         with self._lock:
             if self._stopped:  # closed meanwhile (e.g. the websocket went away during recognition)
                 return
@@ -239,7 +261,7 @@ class VoiceSession:
         def work() -> None:
             try:
                 turn = self.pipeline.turn(self._emit_turn, transcript=transcript, text=text, speak=say,
-                                          request_id=rid, start=start, prior_events=stt_events)
+                                          request_id=rid, start=start, prior_events=stt_events, resume=resume)
                 self.turns.append(turn)
             except Exception:
                 pass  # already reported as an `error` event

@@ -46,7 +46,10 @@ class SttStream(Protocol):
 class SpeechToText(Backend, Protocol):
     def transcribe(self, audio: Audio, language: str | None = None) -> Transcript: ...
 
-    def stream(self, language: str | None = None) -> SttStream: ...
+    def stream(self, language: str | None = None) -> SttStream:
+        """A live stream. Our recognisers also take keyword overrides for this stream only:
+        silence_ms, vad_threshold, prefix_padding_ms, end_of_turn (see WhisperCppSTT.stream)."""
+        ...
 
 
 @runtime_checkable

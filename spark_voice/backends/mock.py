@@ -94,21 +94,28 @@ class MockSTT(_Mock):
         segs = [Segment(0.0, audio.duration, text)] if text else []
         return Transcript(text, segs, language or self.language, {"total": time.perf_counter() - t0})
 
-    def stream(self, language: str | None = None) -> "MockSttStream":
+    def stream(self, language: str | None = None, *, silence_ms: int | None = None,
+               vad_threshold: float | None = None, prefix_padding_ms: int | None = None,
+               end_of_turn=None) -> "MockSttStream":
+        """Overrides for this stream like the real recogniser's: `silence_ms` (fixed silence, no
+        end-of-turn model), `end_of_turn` (a factory). vad_threshold and prefix_padding_ms are
+        taken and not used: the mock's speech detector is an energy threshold."""
         self._use()
-        return MockSttStream(self, language or self.language)
+        return MockSttStream(self, language or self.language, silence_ms=silence_ms, end_of_turn=end_of_turn)
 
 
 class MockSttStream:
-    def __init__(self, stt: MockSTT, language: str) -> None:
+    def __init__(self, stt: MockSTT, language: str, silence_ms: int | None = None, end_of_turn=None) -> None:
         self.stt, self.language = stt, language
+        self.silence_s = stt.silence if silence_ms is None else silence_ms / 1000.0
         self.t = 0.0            # seconds of audio consumed
         self.in_speech = False
         self.speech = 0.0       # seconds of speech in the current utterance
         self.silence = 0.0
         self.since_partial = 0.0
         self._rest = np.zeros(0, dtype=np.float32)
-        self.eot = stt.end_of_turn() if stt.end_of_turn is not None else None
+        factory = end_of_turn if end_of_turn is not None else (stt.end_of_turn if silence_ms is None else None)
+        self.eot = factory() if factory is not None else None
         self._asked = False     # the end-of-turn model was asked about the current pause
         self._utt: list[np.ndarray] = []  # the utterance's frames (last 8 s) for the turn model
 
@@ -144,7 +151,7 @@ class MockSttStream:
                     self.since_partial = 0.0
                     out.append(SttEvent("partial", self.stt._text_for(self.speech), self.t, self.language))
                 if self.eot is None:
-                    if self.silence >= self.stt.silence - 1e-9:
+                    if self.silence >= self.silence_s - 1e-9:
                         out += self._final("silence")
                 elif not self._asked and self.silence >= self.eot.short_ms / 1000.0 - 1e-9:
                     self._asked = True

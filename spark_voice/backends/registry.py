@@ -182,8 +182,8 @@ class SttFallback(Fallback):
     def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
         return self._call("transcribe", lambda b: b.transcribe(audio, language))
 
-    def stream(self, language: str | None = None) -> SttStream:
-        return self._call("stream", lambda b: b.stream(language))
+    def stream(self, language: str | None = None, **options: Any) -> SttStream:
+        return self._call("stream", lambda b: b.stream(language, **options))
 
 
 class LlmFallback(Fallback):

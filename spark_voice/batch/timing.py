@@ -85,8 +85,8 @@ class TimedStt(Timed):
         self.watch.transcript = tr
         return tr
 
-    def stream(self, language: str | None = None) -> SttStream:
-        return self.raw.stream(language)  # a batch job transcribes whole files
+    def stream(self, language: str | None = None, **options: Any) -> SttStream:
+        return self.raw.stream(language, **options)  # a batch job transcribes whole files
 
 
 class TimedLlm(Timed):

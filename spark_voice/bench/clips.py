@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..audio.io import load_audio
 from ..backends.base import SpeechToText, SttStream
@@ -95,8 +96,8 @@ class PacedSTT:
     def transcribe(self, audio: Audio, language: str | None = None) -> Transcript:
         return self.inner.transcribe(audio, language)
 
-    def stream(self, language: str | None = None) -> PacedStream:
-        return PacedStream(self.inner.stream(language))
+    def stream(self, language: str | None = None, **options: Any) -> PacedStream:
+        return PacedStream(self.inner.stream(language, **options))
 
 
 class PacedStream:

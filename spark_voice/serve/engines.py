@@ -181,8 +181,8 @@ class GatedStt(Gated):
         with self.gate.hold():
             return self.raw.transcribe(audio, language)
 
-    def stream(self, language: str | None = None) -> "GatedSttStream":
-        return GatedSttStream(self.raw.stream(language), self.gate)
+    def stream(self, language: str | None = None, **options: Any) -> "GatedSttStream":
+        return GatedSttStream(self.raw.stream(language, **options), self.gate)
 
 
 class GatedLlm(Gated):

@@ -380,15 +380,21 @@ class WhisperCppSTT(BaseBackend):
         return self._vad
 
     def stream(self, language: str | None = None, *, partial_interval_ms: int | None = None,
-               silence_ms: int | None = None, max_utterance_s: float | None = None) -> WhisperCppStream:
+               silence_ms: int | None = None, max_utterance_s: float | None = None,
+               vad_threshold: float | None = None, prefix_padding_ms: int | None = None,
+               end_of_turn: Callable[[], EndOfTurn | None] | None = None) -> WhisperCppStream:
         """A streaming recogniser (VAD + partials + finals); raises MissingDependency without VAD.
 
-        The keyword arguments override STT_PARTIAL_INTERVAL_MS / STT_SILENCE_MS / STT_MAX_UTTERANCE_S
-        for this stream only.
+        The keyword arguments override STT_PARTIAL_INTERVAL_MS / STT_SILENCE_MS / STT_MAX_UTTERANCE_S /
+        STT_VAD_THRESHOLD and the 300 ms of audio kept before speech for this stream only. A
+        `silence_ms` turns the end-of-turn model off (that silence ends the turn); `end_of_turn`
+        (a factory) replaces the configured one (e.g. another long silence).
         """
         self.load()
         eot = None
-        if self.end_of_turn is not None and not silence_ms:
+        if end_of_turn is not None:
+            eot = end_of_turn()
+        elif self.end_of_turn is not None and not silence_ms:
             try:
                 eot = self.end_of_turn()
             except Exception as exc:  # no model: the fixed silence still ends turns
@@ -396,4 +402,5 @@ class WhisperCppSTT(BaseBackend):
         return WhisperCppStream(self, self._check_language(language or self.language),
                                 partial_interval_ms=partial_interval_ms or self.partial_interval_ms,
                                 silence_ms=silence_ms or self.silence_ms,
-                                max_utterance_s=max_utterance_s or self.max_utterance_s, end_of_turn=eot)
+                                max_utterance_s=max_utterance_s or self.max_utterance_s, end_of_turn=eot,
+                                vad_threshold=vad_threshold, prefix_padding_ms=prefix_padding_ms)

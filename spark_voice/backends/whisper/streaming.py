@@ -52,18 +52,20 @@ class WhisperCppStream:
     """One live audio stream; see the module docstring. Not thread-safe (one feeder)."""
 
     def __init__(self, stt: WhisperCppSTT, language: str, *, partial_interval_ms: int, silence_ms: int,
-                 max_utterance_s: float, end_of_turn: EndOfTurn | None = None) -> None:
+                 max_utterance_s: float, end_of_turn: EndOfTurn | None = None,
+                 vad_threshold: float | None = None, prefix_padding_ms: int | None = None) -> None:
         self.stt, self.language = stt, language
         self._vad = stt.load_vad().new_state()
         # with an end-of-turn model the VAD reports short pauses and the model decides (see turn/)
         self.end_of_turn = end_of_turn
         self._silence_ms = end_of_turn.short_ms if end_of_turn is not None else silence_ms
-        self._det = SpeechDetector(threshold=stt.vad_threshold, min_silence_ms=self._silence_ms)
+        self._threshold = stt.vad_threshold if vad_threshold is None else float(vad_threshold)
+        self._det = SpeechDetector(threshold=self._threshold, min_silence_ms=self._silence_ms)
         self._pause_at = 0
         self._voiced = 0           # VAD frames at or above the threshold in the current utterance
         self._partial_step = int(partial_interval_ms * SR / 1000)
         self._max_utt = int(max_utterance_s * SR)
-        self._preroll = int(PREROLL_S * SR)
+        self._preroll = int((PREROLL_S if prefix_padding_ms is None else prefix_padding_ms / 1000.0) * SR)
         self._resampler: Any = None  # soxr.ResampleStream while the input is not 16 kHz
         self._in_rate = SR
         self._store = np.zeros(int(4 * SR), dtype=np.float32)  # audio from global sample `_base` on,
@@ -118,7 +120,7 @@ class WhisperCppStream:
             self._frames_end += FRAME
             end = self._frames_end
             ev = self._det.feed(float(p))
-            if p >= self.stt.vad_threshold:
+            if p >= self._threshold:
                 self._voiced += 1
             eot = self.end_of_turn
             if ev == "start" and eot is not None and eot.holding and self._utt_start is not None:
