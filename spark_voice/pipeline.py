@@ -328,9 +328,9 @@ class VoicePipeline:
                 raise SparkVoiceError("this pipeline has no language model backend")
             exchange = self._answer(self.llm, turn, hits, speak, cancel, out, resume=resume)
             turn.cancelled = cancel.is_set()
-            out(Stage.TURN_DONE, cancelled=turn.cancelled, usage=dict(turn.usage))
-            if not turn.cancelled:
+            if not turn.cancelled:  # before turn.done: a caller may answer a pending call right away
                 self._remember(exchange)
+            out(Stage.TURN_DONE, cancelled=turn.cancelled, usage=dict(turn.usage))
         except Cancelled:
             turn.cancelled = True
             out(Stage.TURN_DONE, cancelled=True)
@@ -473,9 +473,10 @@ class VoicePipeline:
             while True:
                 kw: dict[str, Any] = {}
                 last_round = calls_made >= self.tools.max_calls
-                if use_tools:  # a resumed turn continues after tool results: auto
-                    kw = {"tools": specs, "tool_choice": "none" if last_round else (
-                        self.tool_choice if rounds == 0 and not resume else "auto")}
+                if use_tools:  # after tool results (later rounds, a resumed turn): auto, unless none
+                    first = rounds == 0 and not resume
+                    kw = {"tools": specs, "tool_choice": "none" if last_round or self.tool_choice == "none" else (
+                        self.tool_choice if first else "auto")}
                 stats: dict[str, Any] = {}
                 if want_stats:
                     kw["stats"] = stats

@@ -237,7 +237,7 @@ async def test_bad_events_answer_errors_and_session_stays_usable(rt_server):
         await raw.send("{not json")
         await raw.send(json.dumps({"type": "no.such.event"}))
         await raw.send(json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"}))
-        await conn.session.update(session={"type": "realtime", "tools": [{"type": "function", "name": "f"}],
+        await conn.session.update(session={"type": "realtime", "tools": [{"type": "mcp", "server_label": "f"}],
                                            "audio": {"input": {"format": {"type": "audio/pcmu"}}}})
         await conn.send({"type": "conversation.item.truncate", "item_id": "x", "content_index": 0,
                          "audio_end_ms": 0})
@@ -277,6 +277,224 @@ async def test_beta_event_names(rt_server):
     assert "error" not in seen, seen
     assert {"conversation.item.created", "response.audio.delta", "response.audio_transcript.delta",
             "response.audio.done"} <= set(seen)
+
+
+# ------------------------------------------------------------------------------ function calling (mock engines)
+ORDER_TOOL = {"type": "function", "name": "order_status", "description": "Shipping status of an order.",
+              "parameters": {"type": "object", "properties": {"order": {"type": "string", "maxLength": 10}},
+                             "required": ["order"]}}
+
+
+def function_calls(evs) -> list:
+    return [e.item for e in evs if e.type == "response.output_item.done" and e.item.type == "function_call"]
+
+
+def check_function_call_events(evs):
+    """The function_call item's events in the Realtime order; returns the done item."""
+    t = types(evs)
+    added = next(e for e in evs if e.type == "response.output_item.added" and e.item.type == "function_call")
+    assert added.item.call_id and added.item.name and added.item.status == "in_progress"
+    deltas = [e for e in evs if e.type == "response.function_call_arguments.delta"]
+    done = next(e for e in evs if e.type == "response.function_call_arguments.done")
+    assert deltas and all(d.call_id == added.item.call_id and d.item_id == added.item.id for d in deltas)
+    assert "".join(d.delta for d in deltas) == done.arguments and done.name == added.item.name
+    [item] = function_calls(evs)
+    assert item.call_id == added.item.call_id and item.arguments == done.arguments and item.status == "completed"
+    assert t.index("response.output_item.added") < t.index("response.function_call_arguments.delta") \
+        < t.index("response.function_call_arguments.done") < t.index("response.done")
+    resp = evs[-1].response
+    assert resp.status == "completed" and resp.output[-1].type == "function_call"
+    assert resp.output[-1].call_id == item.call_id
+    # the arguments are never spoken nor shown as answer text
+    assert "response.output_audio.delta" not in t and "response.output_audio_transcript.delta" not in t
+    assert resp.usage.output_tokens > 0 and resp.usage.output_token_details.audio_tokens == 0
+    return item
+
+
+async def test_function_call_round_trip(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn, tools=[ORDER_TOOL], tool_choice="auto")
+        await conn.conversation.item.create(item=user_text("What is the order status of order 7?"))
+        await conn.response.create()
+        evs = await collect(conn)
+        item = check_function_call_events(evs)
+        assert item.name == "order_status" and isinstance(json.loads(item.arguments)["order"], str)
+        added = [e.item for e in evs if e.type == "conversation.item.added"]
+        assert any(i.type == "function_call" and i.call_id == item.call_id for i in added)
+        # the client runs the function and answers; the model goes on from the result, in audio
+        await conn.conversation.item.create(item={"type": "function_call_output", "call_id": item.call_id,
+                                                  "output": json.dumps({"status": "shipped"})})
+        out = await collect(conn, "conversation.item.done", 10)
+        assert out[-1].item.type == "function_call_output" and out[-1].item.call_id == item.call_id
+        await conn.response.create()
+        evs = await collect(conn)
+        done = evs[-1].response
+        assert done.status == "completed" and not function_calls(evs) and audio_seconds(evs) > 0.3
+        transcript = "".join(e.delta for e in evs if e.type == "response.output_audio_transcript.delta")
+        assert "shipped" in transcript  # the mock reads the tool's result back
+        u = done.usage
+        assert u.input_tokens > 0 and u.output_tokens > 0 and u.total_tokens == u.input_tokens + u.output_tokens
+        assert u.output_token_details.audio_tokens > 0  # the spoken answer
+        assert u.output_token_details.audio_tokens + u.output_token_details.text_tokens == u.output_tokens
+        assert u.input_token_details.audio_tokens == 0  # typed input only
+        # the same call id cannot be answered twice
+        await conn.conversation.item.create(item={"type": "function_call_output", "call_id": item.call_id,
+                                                  "output": "again"})
+        err = (await collect(conn, "error", 10))[-1].error
+        assert err.code == "invalid_call_id" and err.param == "item.call_id"
+
+
+async def test_spoken_question_named_tool_then_spoken_answer(rt_server):
+    """Server VAD: a spoken question with tool_choice naming the function -> the call; the output ->
+    a spoken answer. Usage counts the transcript's tokens as input audio tokens."""
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn, tools=[ORDER_TOOL], tool_choice={"type": "function", "name": "order_status"})
+        await append(conn, clip_24k())
+        evs = await collect(conn)
+        assert "conversation.item.input_audio_transcription.completed" in types(evs)
+        item = check_function_call_events(evs)
+        assert evs[-1].response.usage.input_token_details.audio_tokens > 0
+        await conn.conversation.item.create(item={"type": "function_call_output", "call_id": item.call_id,
+                                                  "output": "in transit"})
+        await conn.response.create()
+        evs = await collect(conn)
+        assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
+        assert "in transit" in evs[-1].response.output[0].content[0].transcript
+
+
+async def test_bad_tools_and_unknown_call_id_answer_errors_and_session_stays_usable(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn)
+        bad = [
+            ({"tools": [{"type": "function", "name": "no spaces allowed"}]}, "session.tools[0].name"),
+            ({"tools": [ORDER_TOOL, {"type": "function", "name": "x", "parameters": {"type": "array"}}]},
+             "session.tools[1].parameters"),
+            ({"tools": [ORDER_TOOL, ORDER_TOOL]}, "session.tools[1].name"),
+            ({"tools": [ORDER_TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "session.tool_choice"),
+            ({"tool_choice": "sometimes"}, "session.tool_choice"),
+        ]
+        for over, param in bad:
+            await conn.session.update(session={"type": "realtime", **over})
+            evs = await collect(conn, "session.updated", 10)
+            errors = [e.error for e in evs if e.type == "error"]
+            assert [e.param for e in errors] == [param], (over, errors)
+            assert evs[-1].session.tools == []  # nothing applied
+        await conn.conversation.item.create(item={"type": "function_call_output", "call_id": "call_nope",
+                                                  "output": "{}"})
+        err = (await collect(conn, "error", 10))[-1].error
+        assert err.code == "invalid_call_id" and "call_nope" in err.message
+        await conn.response.create()  # the output was refused: nothing to answer
+        assert (await collect(conn, "error", 10))[-1].error.code == "conversation_empty"
+        # a good definition is echoed; the session answers as before
+        await conn.session.update(session={"type": "realtime", "tools": [ORDER_TOOL], "tool_choice": "required"})
+        upd = (await collect(conn, "session.updated", 10))[-1].session
+        assert [t.name for t in upd.tools] == ["order_status"] and upd.tool_choice == "required"
+        await conn.session.update(session={"type": "realtime", "tool_choice": "none"})
+        await collect(conn, "session.updated", 10)
+        await conn.conversation.item.create(item=user_text("What is the order status of order 7?"))
+        await conn.response.create()
+        evs = await collect(conn)
+        assert evs[-1].response.status == "completed" and not function_calls(evs) and audio_seconds(evs) > 0.3
+
+
+# ------------------------------------------------------------------------------ turn detection settings
+PAUSE = ROOT / "examples" / "audio" / "pause_en.wav"  # a 0.6 s pause in the middle of the sentence
+
+
+def pause_clip_24k() -> np.ndarray:
+    a = load_audio(PAUSE, RATE).samples
+    return np.concatenate([np.zeros(int(0.3 * RATE), np.float32), a, np.zeros(int(2.5 * RATE), np.float32)])
+
+
+async def utterances(conn, td: dict) -> list:
+    """Speak the pause clip under `td` (create_response off); the speech_stopped events."""
+    await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": td}}})
+    evs = await collect(conn, "session.updated", 10)
+    assert not [e for e in evs if e.type == "error"], evs
+    await append(conn, pause_clip_24k())
+    await conn.input_audio_buffer.append(audio=b64(np.zeros(int(0.1 * RATE), np.float32)))
+    evs = []
+    # the clip ends with 2.5 s of silence: every utterance has ended once the last one is transcribed
+    # (a bounded wait for events that must not come; no timing is asserted)
+    try:
+        while True:
+            evs += await collect(conn, "conversation.item.input_audio_transcription.completed", 3)
+    except asyncio.TimeoutError:
+        pass
+    return [e for e in evs if e.type == "input_audio_buffer.speech_stopped"], evs
+
+
+async def test_silence_duration_ms_is_honoured(rt_server):
+    """The default silence ends the turn in the clip's mid-sentence pause; 1500 ms keeps it open."""
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn)
+        short, evs = await utterances(conn, {"type": "server_vad", "silence_duration_ms": 300,
+                                             "create_response": False})
+        assert len(short) == 2, types(evs)
+        assert "response.created" not in types(evs)
+        long, evs = await utterances(conn, {"type": "server_vad", "silence_duration_ms": 1500,
+                                            "create_response": False})
+        assert len(long) == 1, types(evs)
+        # speech_stopped after the voice ended + the silence asked for
+        started = next(e for e in evs if e.type == "input_audio_buffer.speech_started")
+        assert long[0].audio_end_ms - started.audio_start_ms > 3000
+
+
+async def test_create_response_false_commits_and_transcribes_but_waits(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn, audio={"input": {"turn_detection": {"type": "server_vad", "create_response": False},
+                                                  "transcription": {"model": "whisper-1", "language": "en"}}})
+        await append(conn, clip_24k())
+        evs = await collect(conn, "conversation.item.input_audio_transcription.completed")
+        assert {"input_audio_buffer.speech_stopped", "input_audio_buffer.committed"} <= set(types(evs))
+        heard = evs[-1].transcript
+        try:  # no response comes by itself (a bounded wait for an event that must not come)
+            more = await collect(conn, "response.created", 1.5)
+        except asyncio.TimeoutError:
+            more = []
+        assert "response.created" not in types(more)
+        await conn.response.create()
+        evs = await collect(conn)
+        assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
+        assert heard in evs[-1].response.output[0].content[0].transcript  # the mock repeats the question
+        assert evs[-1].response.usage.input_token_details.audio_tokens > 0
+
+
+async def test_turn_detection_values_checked_and_echoed(rt_server):
+    async with sdk(rt_server).realtime.connect(model="spark-voice") as conn:
+        await open_session(conn)
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200, "silence_duration_ms": 1200,
+            "interrupt_response": False}}}})
+        td = (await collect(conn, "session.updated", 10))[-1].session.audio.input.turn_detection
+        assert (td.type, td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == ("server_vad", 0.6, 200, 1200)
+        assert td.interrupt_response is False and td.create_response is True
+        base = "session.audio.input.turn_detection"
+        for bad, field in (({"threshold": 1.5}, "threshold"), ({"silence_duration_ms": 20}, "silence_duration_ms"),
+                           ({"prefix_padding_ms": -1}, "prefix_padding_ms"), ({"create_response": "yes"},
+                                                                             "create_response"),
+                           ({"type": "semantic_vad", "eagerness": "eager"}, "eagerness"),
+                           ({"type": "server_vad", "idle_timeout_ms": 5000}, "idle_timeout_ms")):
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+                "type": "server_vad", **bad}}}})
+            evs = await collect(conn, "session.updated", 10)
+            [err] = [e.error for e in evs if e.type == "error"]
+            assert err.param == f"{base}.{field}", err
+            td = evs[-1].session.audio.input.turn_detection
+            assert td.silence_duration_ms == 1200 and td.threshold == 0.6  # unchanged
+        # semantic_vad: our end-of-turn model (the mock one here), echoed with its eagerness
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": {
+            "type": "semantic_vad", "eagerness": "high"}}}})
+        td = (await collect(conn, "session.updated", 10))[-1].session.audio.input.turn_detection
+        assert td.type == "semantic_vad" and td.eagerness == "high"
+        await append(conn, clip_24k(2.5))
+        evs = await collect(conn)
+        assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
+        stopped = next(e for e in evs if e.type == "input_audio_buffer.speech_stopped")
+        assert stopped.audio_end_ms < (0.3 + load_audio(CLIP, RATE).duration + 2.1) * 1000  # high: <= 2 s held
+        # null: manual commit only
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        assert (await collect(conn, "session.updated", 10))[-1].session.audio.input.turn_detection is None
 
 
 # ------------------------------------------------------------------------------ auth and origins

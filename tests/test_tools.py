@@ -209,6 +209,42 @@ def test_voice_turn_calls_a_python_tool_and_speaks_its_result():
     assert msgs[-1] == {"role": "tool", "tool_call_id": call.data["call_id"], "content": "SHIPPED-42"}
 
 
+def test_client_tool_call_ends_the_turn_and_resume_goes_on_from_its_result():
+    """A client tool (e.g. a Realtime client's) is offered but not run: the turn ends with the call
+    pending (history keeps it); the caller's result + turn(resume=True) -> the spoken answer."""
+    pipe = _pipe()
+    ran: list[str] = []
+
+    @pipe.tool
+    def current_time() -> str:
+        """The current time."""
+        ran.append("server")
+        return "noon"
+
+    pipe.client_tools = [{"type": "function", "function": {
+        "name": "order_status", "description": "Status of an order.",
+        "parameters": {"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]}}}]
+    turn = pipe.run(text="What is the order status of my order?")
+    [call] = turn.pending_calls
+    assert call["name"] == "order_status" and json.loads(call["arguments"])["order"] and not turn.answer
+    assert turn.audio is None and not ran and not turn.tool_calls      # not run here, nothing spoken
+    ev = next(e for e in turn.events if e.stage == "llm.tool_call")
+    assert ev.data["client"] is True and ev.data["call_id"] == call["id"]
+    assert [e.stage for e in turn.events][-1] == "turn.done" and turn.usage["completion_tokens"] > 0
+    assert [m["role"] for m in pipe.history] == ["user", "assistant"]
+    assert pipe.history[-1]["tool_calls"][0]["id"] == call["id"]
+    pipe.history.append({"role": "tool", "tool_call_id": call["id"], "content": "SHIPPED-42"})
+    events: list = []
+    turn2 = pipe.turn(events.append, resume=True)
+    assert "SHIPPED-42" in turn2.answer and turn2.audio is not None and not turn2.pending_calls
+    assert pipe.llm.last_messages[-1] == {"role": "tool", "tool_call_id": call["id"], "content": "SHIPPED-42"}
+    assert [m["role"] for m in pipe.history] == ["user", "assistant", "tool", "assistant"]
+    # history is trimmed by whole exchanges: a call and its result are never cut apart
+    pipe.history_turns = 1
+    pipe.run(text="Hello there.")
+    assert [m["role"] for m in pipe.history] == ["user", "assistant"]
+
+
 def test_tool_errors_and_timeouts_go_back_to_the_model():
     def order_status(order: str) -> str:
         """Status of an order."""

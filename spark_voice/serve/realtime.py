@@ -8,10 +8,14 @@ recogniser as it is (it resamples), each TTS chunk is resampled with a stateful
 :class:`~spark_voice.audio.io.StreamEncoder` and sent as base64 ``response.output_audio.delta``.
 With ``turn_detection: server_vad`` (the default) input audio runs through
 :class:`~spark_voice.session.VoiceSession` (our VAD and end-of-turn settings; speech during an answer
-cancels it); without it, ``input_audio_buffer.commit`` transcribes the buffer. A response is one
-pipeline turn; its events map onto the Realtime events (table in spark_voice/serve/README.md).
-Unsupported features (tools, non-PCM formats, out-of-band responses ...) answer an ``error``
-event that names them; the socket stays open.
+cancels it); without it, ``input_audio_buffer.commit`` transcribes the buffer. The client's
+turn_detection settings (silence, VAD threshold, prefix padding, semantic_vad eagerness) become
+this session's recogniser stream options. A response is one pipeline turn; its events map onto the
+Realtime events (table in spark_voice/serve/README.md). Function tools from ``session.update`` are
+the pipeline's *client tools*: a call ends the turn and goes to the client as a ``function_call``
+item; its ``function_call_output`` and ``response.create`` resume the turn (server tools, e.g.
+TOOLS_BUILTIN, still run in the pipeline). Unsupported features (MCP, non-PCM formats,
+out-of-band responses ...) answer an ``error`` event that names them; the socket stays open.
 
 Threads: the receive loop never blocks; everything that touches the recogniser or starts a turn
 runs in order on one worker thread per session; turn events come from the pipeline's threads and
@@ -30,6 +34,7 @@ import itertools
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,9 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import count_prompt_tokens
+from ..backends.base import count_prompt_tokens, supports_tools
+from ..errors import ToolError
 from ..events import Event
 from ..session import VoiceSession
+from ..tools import normalize_tool_choice
 from ..types import SAMPLE_RATE_STT, Audio, Stage, Transcript
 from .middleware import header, offered_protocols
 from .openai_compat import ApiError
@@ -53,6 +60,11 @@ PCM = {"type": "audio/pcm", "rate": RATE}
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
 MAX_PENDING = 3000  # queued appends/commands per session (~60 s of 20 ms appends), then refused
 MAX_BUFFER_S = 120.0  # input audio held for a manual commit
+MAX_TOOLS = 128
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TD_PARAM = "session.audio.input.turn_detection"
+# semantic_vad eagerness -> the longest pause Smart Turn may hold a turn open (the API's maxima)
+EAGERNESS_MS = {"low": 8000, "medium": 4000, "auto": 4000, "high": 2000}
 # beta (OpenAI-Beta: realtime=v1) names of the server events whose name changed at GA
 BETA_NAMES = {
     "response.output_audio.delta": "response.audio.delta",
@@ -105,8 +117,10 @@ class Response:
     encoder: Any = None  # StreamEncoder("pcm", 24000) when audio
     reason: str = ""  # turn_detected / client_cancelled
     error: dict | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
+    usage: dict[str, int] = field(default_factory=dict)  # the turn's engine counts (turn.done)
+    spoken_input: str = ""  # the transcripts of the spoken input this response answers
+    opened: bool = False  # the message item was announced (on its first text or audio)
+    calls: list[dict[str, str]] = field(default_factory=list)  # client function calls of this turn
     prompt: str | None = None  # the session's instructions, restored when a response set its own
 
     def __post_init__(self) -> None:
@@ -122,8 +136,15 @@ class Config:
     voice: str = "alloy"
     audio_out: bool = True  # output_modalities ["audio"] (audio + transcript), else ["text"]
     vad: bool = True
+    vad_type: str = "server_vad"  # or semantic_vad (Smart Turn)
+    threshold: float | None = None  # None: our settings (STT_VAD_THRESHOLD ...)
+    silence_ms: int | None = None
+    prefix_ms: int | None = None
+    eagerness: str = "auto"
     create_response: bool = True
     interrupt_response: bool = True
+    tools: list[dict[str, Any]] = field(default_factory=list)  # as the client sent them (function tools)
+    tool_choice: Any = "auto"
     transcription: bool = True
     transcription_model: str = "whisper-1"
     language: str | None = None
@@ -143,7 +164,9 @@ class RealtimeSession:
         self.vs: VoiceSession | None = None  # made on the worker thread when first needed
         self.buffer: list[np.ndarray] = []  # manual-commit input (24 kHz float32)
         self.buffered = 0
-        self.pending: list[str] = []  # user texts not answered yet
+        self.pending: list[tuple[str, bool]] = []  # user texts not answered yet (text, spoken)
+        self.open_calls: dict[str, str] = {}  # call_id -> name: function calls waiting for their output
+        self.outputs = 0  # function_call_output items since the last response
         self.responses: dict[str, Response] = {}
         self.active: str | None = None
         self.last_item: str | None = None
@@ -186,9 +209,17 @@ class RealtimeSession:
     # ------------------------------------------------------------------ session object
     def session_object(self) -> dict[str, Any]:
         c, s = self.cfg, self.state.settings
-        vad = {"type": "server_vad", "threshold": s.stt_vad_threshold, "prefix_padding_ms": 300,
-               "silence_duration_ms": s.stt_silence_ms, "create_response": c.create_response,
-               "interrupt_response": c.interrupt_response, "idle_timeout_ms": None} if c.vad else None
+        vad: dict[str, Any] | None = None
+        if c.vad and c.vad_type == "semantic_vad":
+            vad = {"type": "semantic_vad", "eagerness": c.eagerness, "create_response": c.create_response,
+                   "interrupt_response": c.interrupt_response}
+        elif c.vad:
+            vad = {"type": "server_vad",
+                   "threshold": s.stt_vad_threshold if c.threshold is None else c.threshold,
+                   "prefix_padding_ms": 300 if c.prefix_ms is None else c.prefix_ms,
+                   "silence_duration_ms": s.stt_silence_ms if c.silence_ms is None else c.silence_ms,
+                   "create_response": c.create_response, "interrupt_response": c.interrupt_response,
+                   "idle_timeout_ms": None}
         tr = {"model": c.transcription_model, "language": c.language} if c.transcription else None
         modalities = ["audio"] if c.audio_out else ["text"]
         obj: dict[str, Any] = {
@@ -196,7 +227,8 @@ class RealtimeSession:
             "output_modalities": modalities, "instructions": c.instructions,
             "audio": {"input": {"format": PCM, "transcription": tr, "turn_detection": vad, "noise_reduction": None},
                       "output": {"format": PCM, "voice": c.voice, "speed": 1.0}},
-            "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "prompt": None,
+            "tools": [dict(t) for t in c.tools], "tool_choice": c.tool_choice, "max_output_tokens": "inf",
+            "tracing": None, "prompt": None,
             "include": None,
         }
         if self.beta:
@@ -243,19 +275,10 @@ class RealtimeSession:
             problems.append(unsupported("audio.output.speed other than 1.0", "session.audio.output.speed"))
         if "turn_detection" in a_in or "turn_detection" in sess:
             td = a_in["turn_detection"] if "turn_detection" in a_in else sess["turn_detection"]
-            if td is None:
-                c.vad = False
-            elif isinstance(td, dict) and td.get("type", "server_vad") == "server_vad":
-                c.vad = True
-                c.create_response = bool(td.get("create_response", True))
-                c.interrupt_response = bool(td.get("interrupt_response", True))
-                if td.get("idle_timeout_ms"):
-                    problems.append(unsupported("turn_detection.idle_timeout_ms",
-                                                "session.audio.input.turn_detection.idle_timeout_ms"))
-            else:
-                kind = td.get("type") if isinstance(td, dict) else td
-                problems.append(unsupported(f"turn_detection {kind!r} (use server_vad or null)",
-                                            "session.audio.input.turn_detection"))
+            try:
+                self._turn_detection(td, "turn_detection" in a_in)
+            except ClientError as exc:
+                problems.append(exc)
             self._do(("mode",))
         if "transcription" in a_in or "input_audio_transcription" in sess:
             tr = a_in["transcription"] if "transcription" in a_in else sess["input_audio_transcription"]
@@ -268,8 +291,11 @@ class RealtimeSession:
                     self._do(("language", c.language))
         if a_in.get("noise_reduction") or sess.get("input_audio_noise_reduction"):
             problems.append(unsupported("noise_reduction", "session.audio.input.noise_reduction"))
-        if sess.get("tools"):
-            problems.append(unsupported("tools (function calling, MCP)", "session.tools"))
+        if "tools" in sess or "tool_choice" in sess:
+            try:
+                self._set_tools(sess.get("tools", c.tools), sess.get("tool_choice", c.tool_choice))
+            except ClientError as exc:
+                problems.append(exc)
         if sess.get("prompt"):
             problems.append(unsupported("prompt templates", "session.prompt"))
         for p in problems:
@@ -290,6 +316,135 @@ class RealtimeSession:
                                   "session.audio.output.voice")
             self.pipe.voice = voice
         self.cfg.voice = voice
+
+    def _turn_detection(self, td: Any, ga: bool) -> None:
+        """Apply a turn_detection object (all of it or nothing): server_vad / semantic_vad / null.
+        A value out of range raises a ClientError naming the field."""
+        c, base = self.cfg, TD_PARAM if ga else "session.turn_detection"
+        if td is None:
+            c.vad = False
+            return
+        if not isinstance(td, dict):
+            raise ClientError("turn_detection must be an object or null", "invalid_value", base)
+        kind = td.get("type", "server_vad")
+        if kind not in ("server_vad", "semantic_vad"):
+            raise unsupported(f"turn_detection {kind!r} (use server_vad, semantic_vad or null)", f"{base}.type")
+        known = {"type", "create_response", "interrupt_response"} | (
+            {"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"} if kind == "server_vad"
+            else {"eagerness"})
+        for k in td:
+            if k not in known:
+                raise ClientError(f"turn_detection {kind} has no field {k!r}", "unknown_parameter", f"{base}.{k}")
+        flags = {}
+        for k in ("create_response", "interrupt_response"):
+            v = td.get(k)
+            if v is not None and not isinstance(v, bool):
+                raise ClientError(f"{k} must be true or false", "invalid_value", f"{base}.{k}")
+            flags[k] = True if v is None else v
+        if td.get("idle_timeout_ms") is not None:
+            raise unsupported("turn_detection.idle_timeout_ms", f"{base}.idle_timeout_ms")
+        threshold = td.get("threshold")
+        if threshold is not None and (not _number(threshold) or not 0.0 < threshold < 1.0):
+            raise ClientError(f"threshold must be a number between 0 and 1 (exclusive), got {threshold!r}",
+                              "invalid_value", f"{base}.threshold")
+        silence, prefix = td.get("silence_duration_ms"), td.get("prefix_padding_ms")
+        if silence is not None and (not _integer(silence) or not 100 <= silence <= 10_000):
+            raise ClientError(f"silence_duration_ms must be an integer from 100 to 10000, got {silence!r}",
+                              "invalid_value", f"{base}.silence_duration_ms")
+        if prefix is not None and (not _integer(prefix) or not 0 <= prefix <= 1000):
+            raise ClientError(f"prefix_padding_ms must be an integer from 0 to 1000, got {prefix!r}",
+                              "invalid_value", f"{base}.prefix_padding_ms")
+        eagerness = td.get("eagerness") or "auto"
+        if kind == "semantic_vad":
+            if eagerness not in EAGERNESS_MS:
+                raise ClientError(f"eagerness must be low, medium, high or auto, got {eagerness!r}",
+                                  "invalid_value", f"{base}.eagerness")
+            self._turn_model()  # raises when the end-of-turn model cannot be found
+        c.vad, c.vad_type, c.eagerness = True, kind, eagerness
+        c.threshold, c.silence_ms, c.prefix_ms = threshold, silence, prefix
+        c.create_response, c.interrupt_response = flags["create_response"], flags["interrupt_response"]
+
+    def _turn_model(self) -> Any:
+        """The Smart Turn model semantic_vad uses (the mock profile's recogniser: the mock model)."""
+        from ..turn import MockTurnModel, find_turn_model, load_turn_model
+
+        if getattr(self.pipe.stt, "is_mock", False):
+            return MockTurnModel()
+        s = self.state.settings
+        try:
+            return load_turn_model(find_turn_model(s), threads=s.stt_turn_threads)
+        except Exception as exc:
+            raise unsupported(f"semantic_vad here (the Smart Turn end-of-turn model is not available: {exc})",
+                              f"{TD_PARAM}.type") from None
+
+    def stream_options(self) -> dict[str, Any]:
+        """The recogniser stream options of the session's turn detection ({}: our settings)."""
+        c, s = self.cfg, self.state.settings
+        if not c.vad:
+            return {}
+        if c.vad_type == "semantic_vad":
+            from ..turn import EndOfTurn
+
+            model, long_ms = self._turn_model(), EAGERNESS_MS[c.eagerness]
+            return {"end_of_turn": lambda: EndOfTurn(model, threshold=s.stt_turn_threshold,
+                                                     short_ms=s.stt_turn_short_silence_ms, long_ms=long_ms)}
+        opts: dict[str, Any] = {}
+        if c.silence_ms is not None:
+            opts["silence_ms"] = c.silence_ms
+        if c.threshold is not None:
+            opts["vad_threshold"] = c.threshold
+        if c.prefix_ms is not None:
+            opts["prefix_padding_ms"] = c.prefix_ms
+        return opts
+
+    def _set_tools(self, tools: Any, choice: Any) -> None:
+        """session.tools (function tools, the client runs them) and tool_choice, checked together;
+        nothing changes when one is wrong."""
+        if tools is None:
+            tools = []
+        if not isinstance(tools, list):
+            raise ClientError("tools must be a list", "invalid_value", "session.tools")
+        if len(tools) > MAX_TOOLS:
+            raise ClientError(f"at most {MAX_TOOLS} tools", "invalid_value", "session.tools")
+        server = set(self.pipe.tools.tools)
+        specs: list[dict[str, Any]] = []
+        for i, t in enumerate(tools):
+            where = f"session.tools[{i}]"
+            if not isinstance(t, dict):
+                raise ClientError("a tool must be an object", "invalid_value", where)
+            if t.get("type", "function") != "function":
+                raise unsupported(f"tools of type {t.get('type')!r} (MCP); only function tools", f"{where}.type")
+            name = t.get("name")
+            if not isinstance(name, str) or not TOOL_NAME.match(name):
+                raise ClientError(f"tool name must be 1-64 letters, digits, _ or -, got {name!r}", "invalid_value",
+                                  f"{where}.name")
+            if name in server or any(s["function"]["name"] == name for s in specs):
+                raise ClientError(f"tool name {name!r} is used twice (or by a server tool)", "invalid_value",
+                                  f"{where}.name")
+            desc = t.get("description")
+            if desc is not None and not isinstance(desc, str):
+                raise ClientError("description must be a string", "invalid_value", f"{where}.description")
+            params = t.get("parameters")
+            if params is None:
+                params = {"type": "object", "properties": {}}
+            if not isinstance(params, dict) or params.get("type", "object") != "object":
+                raise ClientError("parameters must be a JSON schema of type object", "invalid_value",
+                                  f"{where}.parameters")
+            specs.append({"type": "function", "function": {"name": name, "description": desc or "",
+                                                           "parameters": params}})
+        try:
+            mode = "auto" if choice == "auto" else normalize_tool_choice(choice, [*self.pipe.tools.specs(), *specs])[0]
+        except ToolError as exc:
+            raise ClientError(str(exc), "invalid_value", "session.tool_choice") from None
+        if specs and mode != "none" and not supports_tools(self.pipe.llm):
+            raise ClientError("this server's language model cannot call tools", "tools_not_supported",
+                              "session.tools")
+        self.cfg.tools = [{"type": "function", "name": s["function"]["name"],
+                           "description": s["function"]["description"], "parameters": s["function"]["parameters"]}
+                          for s in specs]
+        self.cfg.tool_choice = choice
+        self.pipe.client_tools = specs
+        self.pipe.tool_choice = choice
 
     # ------------------------------------------------------------------ inbound
     def handle(self, ev: dict[str, Any]) -> None:
@@ -327,6 +482,9 @@ class RealtimeSession:
     def _item(self, item: Any, eid: str | None) -> None:
         if not isinstance(item, dict):
             raise ClientError("item must be an object", "invalid_value", "item")
+        if item.get("type") in ("function_call_output", "function_call"):
+            self._call_item(item)
+            return
         if item.get("type", "message") != "message":
             raise unsupported(f"conversation items of type {item.get('type')!r}", "item.type")
         role = item.get("role")
@@ -356,6 +514,42 @@ class RealtimeSession:
             return
         self._add_item(item_id, role, text)
 
+    def _call_item(self, item: dict[str, Any]) -> None:
+        """A function call's output (the client ran it), or a function call the client adds."""
+        call_id, kind = item.get("call_id"), item["type"]
+        item_id = str(item.get("id") or f"item_{self.session_id}_{next(self._ids)}")
+        if not isinstance(call_id, str) or not call_id:
+            raise ClientError("a function call item needs a call_id", "invalid_value", "item.call_id")
+        if kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(output, str):
+                raise ClientError("output must be a string (e.g. JSON text)", "invalid_value", "item.output")
+            with self._lock:
+                if call_id not in self.open_calls:
+                    raise ClientError(f"no function call {call_id!r} is waiting for its output", "invalid_call_id",
+                                      "item.call_id")
+                self.open_calls.pop(call_id)
+                self.pipe.history.append({"role": "tool", "tool_call_id": call_id, "content": output})
+                self.outputs += 1
+            obj = {"id": item_id, "object": "realtime.item", "type": kind, "status": "completed",
+                   "call_id": call_id, "output": output}
+        else:
+            name, args = item.get("name"), item.get("arguments", "")
+            if not isinstance(name, str) or not TOOL_NAME.match(name):
+                raise ClientError(f"function name must be 1-64 letters, digits, _ or -, got {name!r}",
+                                  "invalid_value", "item.name")
+            if not isinstance(args, str):
+                raise ClientError("arguments must be a JSON string", "invalid_value", "item.arguments")
+            with self._lock:
+                self.open_calls[call_id] = name
+                self.pipe.history.append({"role": "assistant", "content": "", "tool_calls": [
+                    {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]})
+            obj = {"id": item_id, "object": "realtime.item", "type": kind, "status": "completed",
+                   "call_id": call_id, "name": name, "arguments": args}
+        prev, self.last_item = self.last_item, item_id
+        self.send({"type": "conversation.item.added", "previous_item_id": prev, "item": obj})
+        self.send({"type": "conversation.item.done", "previous_item_id": prev, "item": obj})
+
     def _add_item(self, item_id: str, role: str, text: str, audio: bool = False) -> None:
         ptype = {"user": "input_audio" if audio else "input_text", "assistant": "output_text",
                  "system": "input_text"}[role]
@@ -364,7 +558,7 @@ class RealtimeSession:
                "content": [part]}
         with self._lock:
             if role == "user":
-                self.pending.append(text)
+                self.pending.append((text, audio))
             elif role == "assistant":
                 self.pipe.history.append({"role": "assistant", "content": text})
             else:
@@ -384,8 +578,8 @@ class RealtimeSession:
             raise unsupported("out-of-band responses (conversation: 'none')", "response.conversation")
         if params.get("input"):
             raise unsupported("response.input (custom context)", "response.input")
-        if params.get("tools"):
-            raise unsupported("tools (function calling, MCP)", "response.tools")
+        if params.get("tools") or params.get("tool_choice") is not None:
+            raise unsupported("tools and tool_choice per response (set them with session.update)", "response.tools")
         mods = params.get("output_modalities", params.get("modalities"))
         audio_out = self.cfg.audio_out if not mods else "audio" in mods
         out = _obj(_obj(params.get("audio")).get("output"))
@@ -416,7 +610,7 @@ class RealtimeSession:
                 self.pipe.language = self.cfg.language
             self.vs = VoiceSession(self.pipe, self.emit, respond_to=self._respond_to,
                                    request_id_factory=lambda: f"{self.session_id}-{next(self._turns)}",
-                                   interrupt=self.cfg.interrupt_response)
+                                   interrupt=self.cfg.interrupt_response, stream_options=self.stream_options())
         self.vs.interrupt = self.cfg.interrupt_response
         return self.vs
 
@@ -455,6 +649,7 @@ class RealtimeSession:
             vs.reset_input()
             self.send({"type": "input_audio_buffer.cleared"})
         elif kind == "mode":
+            vs.set_stream_options(self.stream_options())  # a new stream when the settings changed
             if self.cfg.vad and self.buffer:  # audio held for a manual commit goes to the recogniser
                 vs.feed(Audio(np.concatenate(self.buffer), RATE))
                 self.buffer, self.buffered = [], 0
@@ -502,41 +697,50 @@ class RealtimeSession:
             return False
         if not (self.cfg.vad and self.cfg.create_response):
             with self._lock:
-                self.pending.append(tr.text)
+                self.pending.append((tr.text, True))
             return False
         with self._lock:
             self.pending.clear()
-        self._begin(Response(rid, self.cfg.audio_out), tr.text)
+            self.outputs = 0
+        self._begin(Response(rid, self.cfg.audio_out, spoken_input=tr.text), tr.text)
         return True
 
     def _respond(self, vs: VoiceSession, audio_out: bool, instructions: Any) -> None:
         with self._lock:
-            text, self.pending = "\n".join(t for t in self.pending if t).strip(), []
-        if not text:
+            items, self.pending = self.pending, []
+            outputs, self.outputs = self.outputs, 0
+        text = "\n".join(t for t, _ in items if t).strip()
+        if not text and not outputs:
             self.active = None
-            raise ClientError("nothing to respond to: add a user item (conversation.item.create) or commit "
-                              "input audio first", "conversation_empty")
-        resp = Response(f"{self.session_id}-r{next(self._turns)}", audio_out)
+            raise ClientError("nothing to respond to: add a user item (conversation.item.create), a "
+                              "function_call_output or commit input audio first", "conversation_empty")
+        resp = Response(f"{self.session_id}-r{next(self._turns)}", audio_out,
+                        spoken_input="\n".join(t for t, spoken in items if spoken and t))
         if instructions:
             resp.prompt = self.pipe.system_prompt
             self.pipe.system_prompt = str(instructions)
         self._begin(resp, text)
-        vs.respond(text=text, request_id=resp.rid, speak=audio_out)
+        if text:
+            vs.respond(text=text, request_id=resp.rid, speak=audio_out)
+        else:  # only function call outputs: the model goes on from them
+            vs.respond(request_id=resp.rid, speak=audio_out, resume=True)
 
     def _begin(self, resp: Response, user_text: str) -> None:
         from ..audio.io import StreamEncoder
 
         if resp.audio:
             resp.encoder = StreamEncoder("pcm", RATE)
-        llm = self.pipe.llm
-        try:
-            resp.input_tokens = count_prompt_tokens(llm, self.pipe.messages_for(user_text)) if llm else 0
-        except Exception:
-            resp.input_tokens = 0
         self.responses[resp.rid] = resp
         self.active = resp.rid
-        item = self._out_item(resp, "in_progress")
         self.send({"type": "response.created", "response": self._response_object(resp, "in_progress")})
+
+    def _open(self, resp: Response) -> None:
+        """Announce the response's message item (on its first text or audio: a response that only
+        calls a function has none)."""
+        if resp.opened:
+            return
+        resp.opened = True
+        item = self._out_item(resp, "in_progress")
         self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
                    "item": {**item, "content": []}})
         prev, self.last_item = self.last_item, resp.item_id
@@ -605,32 +809,62 @@ class RealtimeSession:
 
     def _response_object(self, resp: Response, status: str, details: dict | None = None,
                          output: list | None = None) -> dict[str, Any]:
-        usage = None
-        if status != "in_progress":
-            usage = {"total_tokens": resp.input_tokens + resp.output_tokens, "input_tokens": resp.input_tokens,
-                     "output_tokens": resp.output_tokens,
-                     "input_token_details": {"text_tokens": resp.input_tokens, "audio_tokens": 0, "cached_tokens": 0,
-                                             "image_tokens": 0},
-                     "output_token_details": {"text_tokens": resp.output_tokens, "audio_tokens": 0}}
+        usage = self._usage(resp) if status != "in_progress" else None
         return {"id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
                 "output": output or [], "output_modalities": ["audio"] if resp.audio else ["text"],
                 "conversation_id": f"conv_{self.session_id}", "max_output_tokens": "inf", "metadata": None,
                 "audio": {"output": {"format": PCM, "voice": self.cfg.voice}}, "usage": usage}
 
+    def _usage(self, resp: Response) -> dict[str, Any]:
+        """The Realtime ``usage`` from the engine's own counts over the turn's LLM rounds (stats=).
+
+        Our model reads and writes text only, so "audio tokens" are text tokens too, by the LLM's
+        tokenizer: input audio_tokens = the tokens of the transcripts of the spoken input this
+        response answers (typed items, instructions, history and tool outputs are text_tokens);
+        output audio_tokens = the tokens of the answer text that was spoken (sent to TTS), the rest
+        (text-only answers, function call arguments) text_tokens. No cache: cached_tokens 0."""
+        inp = int(resp.usage.get("prompt_tokens", 0))
+        out = int(resp.usage.get("completion_tokens", 0))
+        a_in = min(self._tokens(resp.spoken_input), inp) if resp.spoken_input else 0
+        spoken = "".join(resp.text).strip() if resp.audio else ""
+        a_out = min(self._tokens(spoken), out) if spoken else 0
+        return {"total_tokens": inp + out, "input_tokens": inp, "output_tokens": out,
+                "input_token_details": {"text_tokens": inp - a_in, "audio_tokens": a_in, "cached_tokens": 0,
+                                        "image_tokens": 0,
+                                        "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
+                                                                  "image_tokens": 0}},
+                "output_token_details": {"text_tokens": out - a_out, "audio_tokens": a_out}}
+
+    def _tokens(self, text: str) -> int:
+        """Tokens of `text` alone by the LLM's count (its template's framing subtracted)."""
+        llm = self.pipe.llm
+        if llm is None:
+            return 0
+        try:
+            return max(0, count_prompt_tokens(llm, [{"role": "user", "content": text}])
+                       - count_prompt_tokens(llm, [{"role": "user", "content": ""}]))
+        except Exception:
+            return 0
+
     def _response_event(self, resp: Response, ev: Event) -> None:
         st = ev.stage
         if st == Stage.LLM_TOKEN and ev.text:
+            self._open(resp)
             resp.text.append(ev.text)
-            resp.output_tokens += 1
             kind = "response.output_audio_transcript.delta" if resp.audio else "response.output_text.delta"
             self.send({"type": kind, **self._where(resp), "delta": ev.text})
         elif st == Stage.TTS_CHUNK and ev.audio is not None and resp.encoder is not None:
+            self._open(resp)
             self._audio_delta(resp, resp.encoder.add(ev.audio))
+        elif st == Stage.LLM_TOOL_CALL and ev.data.get("client"):  # the client runs it: sent at the end
+            resp.calls.append({"call_id": str(ev.data["call_id"]), "name": str(ev.data["name"]),
+                               "arguments": str(ev.data.get("arguments") or "")})
         elif st == Stage.ERROR:
             resp.error = {"type": "server_error", "code": str(ev.data.get("error_type") or "engine_error"),
                           "message": ev.text}
             self.error(ev.text, str(ev.data.get("error_type") or "engine_error"), kind="server_error")
         elif st == Stage.TURN_DONE:
+            resp.usage = dict(ev.data.get("usage") or {})
             self._finish(resp, bool(ev.data.get("cancelled")))
 
     def _audio_delta(self, resp: Response, pcm: bytes) -> None:
@@ -639,30 +873,57 @@ class RealtimeSession:
                        "delta": base64.b64encode(pcm).decode("ascii")})
 
     def _finish(self, resp: Response, cancelled: bool) -> None:
-        if resp.encoder is not None:
-            self._audio_delta(resp, resp.encoder.finish())
-        text = "".join(resp.text).strip()
-        w = self._where(resp)
-        if resp.audio:
-            self.send({"type": "response.output_audio.done", **w})
-            self.send({"type": "response.output_audio_transcript.done", **w, "transcript": text})
-        else:
-            self.send({"type": "response.output_text.done", **w, "text": text})
         status, details = "completed", None
         if resp.error is not None:
             status, details = "failed", {"type": "failed", "error": resp.error}
         elif cancelled:
             status, details = "cancelled", {"type": "cancelled", "reason": resp.reason or "client_cancelled"}
-        item = self._out_item(resp, "completed" if status == "completed" else "incomplete")
-        self.send({"type": "response.content_part.done", **w, "part": self._part(resp, True)})
-        self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0, "item": item})
-        self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
-        self.send({"type": "response.done", "response": self._response_object(resp, status, details, [item])})
+        output: list[dict[str, Any]] = []
+        if resp.opened or not resp.calls or status != "completed":
+            self._open(resp)
+            if resp.encoder is not None:
+                self._audio_delta(resp, resp.encoder.finish())
+            text = "".join(resp.text).strip()
+            w = self._where(resp)
+            if resp.audio:
+                self.send({"type": "response.output_audio.done", **w})
+                self.send({"type": "response.output_audio_transcript.done", **w, "transcript": text})
+            else:
+                self.send({"type": "response.output_text.done", **w, "text": text})
+            item = self._out_item(resp, "completed" if status == "completed" else "incomplete")
+            self.send({"type": "response.content_part.done", **w, "part": self._part(resp, True)})
+            self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0, "item": item})
+            self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
+            output.append(item)
+        if status == "completed":  # a cancelled turn keeps no call in the history: none goes out
+            for call in resp.calls:
+                output.append(self._function_call(resp, call, len(output)))
+        self.send({"type": "response.done", "response": self._response_object(resp, status, details, output)})
         if resp.prompt is not None:
             self.pipe.system_prompt = resp.prompt
         self.responses.pop(resp.rid, None)
         if self.active == resp.rid:
             self.active = None
+
+    def _function_call(self, resp: Response, call: dict[str, str], index: int) -> dict[str, Any]:
+        """A client function call as a ``function_call`` output item: added, its arguments (one
+        delta: the engine gives a call's arguments whole once they parse), done."""
+        item_id = f"item_{resp.rid}_call{index}"
+        cid, name, args = call["call_id"], call["name"], call["arguments"]
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "call_id": cid, "name": name, "arguments": ""}
+        where = {"response_id": resp.id, "item_id": item_id, "output_index": index, "call_id": cid}
+        with self._lock:
+            self.open_calls[cid] = name
+        self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": index, "item": item})
+        prev, self.last_item = self.last_item, item_id
+        self.send({"type": "conversation.item.added", "previous_item_id": prev, "item": item})
+        self.send({"type": "response.function_call_arguments.delta", **where, "delta": args})
+        self.send({"type": "response.function_call_arguments.done", **where, "name": name, "arguments": args})
+        done = {**item, "status": "completed", "arguments": args}
+        self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": index, "item": done})
+        self.send({"type": "conversation.item.done", "previous_item_id": prev, "item": done})
+        return done
 
     # ------------------------------------------------------------------ the connection
     async def run(self) -> None:
@@ -720,6 +981,14 @@ class RealtimeSession:
 
 def _obj(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _decode_audio(data: Any, param: str = "audio") -> Audio:
