@@ -576,3 +576,42 @@ async def test_realtime_real_engines_spoken_question(dev_settings):
     transcript = next(e for e in evs if e.type == "conversation.item.input_audio_transcription.completed").transcript
     assert "capital" in transcript.lower() and "france" in transcript.lower()
     assert evs[-1].response.status == "completed" and audio_seconds(evs) > 0.3
+
+
+@pytest.mark.real
+async def test_realtime_real_engines_function_call(dev_settings):
+    """whisper + SmolLM2 + Piper: a spoken question, a client function the model must call (named
+    tool_choice: grammar-constrained arguments), its output, then a spoken answer."""
+    for role in ("llm", "stt"):
+        model_file(dev_settings, role)
+    s = Settings.load(ROOT, environ={}, profile="dev", LLM_THREADS="1", STT_THREADS="1", TTS_THREADS="1",
+                      RAG_ENABLED="off", STT_LANGUAGE="en", LLM_MAX_TOKENS="48")
+    tool = {"type": "function", "name": "get_capital", "description": "The capital city of a country.",
+            "parameters": {"type": "object", "properties": {"country": {"type": "string", "maxLength": 20}},
+                           "required": ["country"]}}
+    with Server(create_app(s)) as srv:
+        srv.wait_ready(timeout=300)
+        async with sdk(srv, "x").realtime.connect(model="spark-voice") as conn:
+            await open_session(conn, tools=[tool], tool_choice={"type": "function", "name": "get_capital"},
+                               audio={**SESSION["audio"], "input": {
+                                   **SESSION["audio"]["input"],
+                                   "turn_detection": {"type": "server_vad", "silence_duration_ms": 1200}}})
+            await append(conn, clip_24k(2.0), pace=0.5)
+            evs = await collect(conn, timeout=300)
+            heard = next(e for e in evs if e.type == "conversation.item.input_audio_transcription.completed")
+            assert "capital" in heard.transcript.lower()
+            item = check_function_call_events(evs)
+            args = json.loads(item.arguments)
+            assert item.name == "get_capital" and set(args) == {"country"} and len(args["country"]) <= 20
+            usage = evs[-1].response.usage
+            assert usage.input_tokens > 50 and 0 < usage.input_token_details.audio_tokens < usage.input_tokens
+            # the client answers; with tool_choice none the model must speak from the result
+            await conn.session.update(session={"type": "realtime", "tool_choice": "none"})
+            await conn.conversation.item.create(item={"type": "function_call_output", "call_id": item.call_id,
+                                                      "output": json.dumps({"capital": "Paris"})})
+            await conn.response.create()
+            evs = await collect(conn, timeout=300)
+    assert not [e for e in evs if e.type == "error"], evs
+    done = evs[-1].response
+    assert done.status == "completed" and not function_calls(evs) and audio_seconds(evs) > 0.3
+    assert done.usage.output_tokens > 0 and done.usage.output_token_details.audio_tokens > 0

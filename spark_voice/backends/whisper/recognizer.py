@@ -383,18 +383,12 @@ class WhisperCppSTT(BaseBackend):
                silence_ms: int | None = None, max_utterance_s: float | None = None,
                vad_threshold: float | None = None, prefix_padding_ms: int | None = None,
                end_of_turn: Callable[[], EndOfTurn | None] | None = None) -> WhisperCppStream:
-        """A streaming recogniser (VAD + partials + finals); raises MissingDependency without VAD.
-
-        The keyword arguments override STT_PARTIAL_INTERVAL_MS / STT_SILENCE_MS / STT_MAX_UTTERANCE_S /
-        STT_VAD_THRESHOLD and the 300 ms of audio kept before speech for this stream only. A
-        `silence_ms` turns the end-of-turn model off (that silence ends the turn); `end_of_turn`
-        (a factory) replaces the configured one (e.g. another long silence).
-        """
+        """A streaming recogniser (VAD + partials + finals); raises MissingDependency without VAD. Keywords override
+        STT_PARTIAL_INTERVAL_MS / STT_SILENCE_MS (then no end-of-turn model) / STT_MAX_UTTERANCE_S /
+        STT_VAD_THRESHOLD / the 300 ms kept before speech / the end-of-turn factory, for this stream only."""
         self.load()
-        eot = None
-        if end_of_turn is not None:
-            eot = end_of_turn()
-        elif self.end_of_turn is not None and not silence_ms:
+        eot = end_of_turn() if end_of_turn is not None else None
+        if end_of_turn is None and self.end_of_turn is not None and not silence_ms:
             try:
                 eot = self.end_of_turn()
             except Exception as exc:  # no model: the fixed silence still ends turns
