@@ -7,6 +7,12 @@ callback as :class:`~spark_voice.events.Event`; the sync :meth:`VoicePipeline.ru
 into a :class:`Turn`, the async :meth:`VoicePipeline.stream` yields them as they happen, and
 :class:`spark_voice.session.VoiceSession` drives a live audio stream with barge-in.
 
+Speculative start (TURN_SPECULATIVE, :mod:`spark_voice.turn.speculative`): a stream's end of turn
+may start the LLM on the last stable partial (:meth:`VoicePipeline.speculate`) while the final is
+decoded; :meth:`VoicePipeline.turn` keeps that generation when the final says the same words
+(``llm.speculative`` ``hit``), else cancels it and starts on the final. Its output is buffered
+until then: no event of the answer comes before ``stt.final``.
+
 Length: the turn's stages share its cancel event, its emit and its two threads; one class holds
 them so that the order of events (the contract of every front end) is visible in one place.
 """
@@ -39,7 +45,8 @@ from .events import Event, LatencyRecorder, new_request_id
 from .prompt import build_messages
 from .text import SentenceChunker, guess_language
 from .tools import Tool, ToolCall, ToolChoice, ToolRegistry, builtin_tools
-from .types import SAMPLE_RATE_STT, Audio, Hit, Role, Stage, SttEvent, Transcript
+from .turn.speculative import Speculation, ThreadBudget
+from .types import SAMPLE_RATE_STT, Audio, Hit, LlmDelta, Role, Stage, SttEvent, Transcript
 
 log = logging.getLogger("spark_voice.pipeline")
 
@@ -83,6 +90,7 @@ class Turn:
     latencies: dict[str, float] = field(default_factory=dict)  # ms, see events.turn_latencies
     cancelled: bool = False
     error: str = ""
+    speculative: str = ""  # "hit": the answer began on the last partial, "miss": restarted on the final
 
     @property
     def timings(self) -> dict[str, float]:
@@ -118,6 +126,7 @@ class VoicePipeline:
         self.history: list[dict[str, Any]] = []
         self.latency = LatencyRecorder(latency_window or s.serve_latency_window)
         self._cancels: dict[str, threading.Event] = {}
+        self._specs: dict[str, Speculation] = {}  # speculative starts waiting for their final
         self._lock = threading.Lock()
         self.warnings: list[str] = []
         # tools the model may call during a turn (plain functions, Tools, or a ToolRegistry)
@@ -215,8 +224,66 @@ class VoicePipeline:
         with self._lock:
             targets = [self._cancels[request_id]] if request_id in self._cancels else (
                 list(self._cancels.values()) if request_id is None else [])
+            specs = [self._specs.pop(request_id)] if request_id in self._specs else (
+                [*self._specs.values()] if request_id is None else [])
+            if request_id is None:
+                self._specs.clear()
         for ev in targets:
             ev.set()
+        for spec in specs:
+            spec.cancel()
+
+    # ------------------------------------------------------------------ speculative start
+    def speculate(self, request_id: str, partial: str, agreeing: int, language: str = "") -> Speculation | None:
+        """Start turn `request_id`'s LLM on a partial transcript while its final is decoded
+        (TURN_SPECULATIVE=on and at least TURN_SPECULATIVE_STABLE partial decodes agreed; else
+        None). Hand it to :meth:`turn` (``speculation=``) or cancel it with :meth:`cancel`."""
+        s, llm = self.settings, self.llm
+        if s.turn_speculative != "on" or agreeing < s.turn_speculative_stable or llm is None or not partial.strip():
+            return None
+        budget = ThreadBudget(int(getattr(llm, "n_threads", s.llm_threads)),
+                              int(getattr(self.stt, "n_threads", s.stt_threads)), s.turn_speculative_threads)
+        threads, want_stats = takes_kwarg(llm, "n_threads"), takes_kwarg(llm, "stats")
+
+        def prepare(text: str) -> tuple[list[Hit], dict[str, Any], list[dict], dict[str, Any]]:
+            hits, rag = self._search(text)
+            kw = self._tool_kwargs(llm, True, self.tools.max_calls <= 0)
+            if want_stats:
+                kw["stats"] = {}  # the engine's counts of this generation, for Turn.usage
+            return hits, rag, self.messages_for(text, hits), kw
+
+        def generate(messages: list[dict], cancel: threading.Event, kw: dict[str, Any],
+                     n_threads: Callable[[], int]) -> Iterable[LlmDelta]:
+            extra: dict[str, Any] = {"n_threads": n_threads} if threads else {}
+            return llm.stream_chat(messages, cancel=cancel, **kw, **extra)
+
+        spec = Speculation(request_id, partial.strip(), language, budget, prepare, generate)
+        with self._lock:
+            old, self._specs[request_id] = self._specs.get(request_id), spec
+        if old is not None:
+            old.cancel()
+        return spec
+
+    def discard(self, spec: Speculation) -> None:
+        """Cancel a speculation that no turn will take (noise, a back-channel, a closed session)."""
+        with self._lock:
+            if self._specs.get(spec.request_id) is spec:
+                del self._specs[spec.request_id]
+        spec.cancel()
+
+    def _confirm(self, spec: Speculation, turn: Turn, cancel: threading.Event, out: Out) -> Speculation | None:
+        """The final is in: keep the speculation when it heard the same words, else cancel it."""
+        with self._lock:
+            if self._specs.get(spec.request_id) is spec:
+                del self._specs[spec.request_id]
+        hit = bool(turn.transcript) and spec.matches(turn.transcript) and not spec.failed \
+            and not spec.cancel_event.is_set() and not cancel.is_set()
+        if not hit:
+            spec.cancel()
+        turn.speculative = "hit" if hit else "miss"
+        out(Stage.LLM_SPECULATIVE, spec.text, hit=hit, tokens=spec.tokens,
+            ahead_ms=round((time.perf_counter() - spec.t_start) * 1000.0, 1))
+        return spec if hit else None
 
     # ------------------------------------------------------------------ sync API
     def run(self, audio: AudioInput | None = None, *, text: str | None = None, speak: bool = True,
@@ -273,12 +340,15 @@ class VoicePipeline:
     def turn(self, emit: Emit, *, audio: AudioInput | None = None, text: str | None = None, speak: bool = True,
              request_id: str | None = None, sample_rate: int | None = None, streaming_stt: bool = False,
              start: float | None = None, transcript: Transcript | None = None,
-             prior_events: Sequence[Event] = (), resume: bool = False) -> Turn:
+             prior_events: Sequence[Event] = (), resume: bool = False,
+             speculation: Speculation | None = None) -> Turn:
         """Run one turn in this thread, reporting each event to `emit` as it happens (what `run`,
         `stream` and :class:`~spark_voice.session.VoiceSession` are built on). `transcript`: the
         user's words are already known (a live session's final); `start` and `prior_events`: the
         turn began earlier (its STT events count for the latencies). `resume`: no new user words;
-        the model goes on from `history` as it is (after the results of client tool calls)."""
+        the model goes on from `history` as it is (after the results of client tool calls).
+        `speculation`: the LLM started on the last partial (:meth:`speculate`), kept when the final
+        says the same words."""
         rid = request_id or new_request_id()
         cancel = threading.Event()
         with self._lock:
@@ -307,8 +377,9 @@ class VoicePipeline:
                     raise SparkVoiceError("run() needs audio or text")
                 if self.stt is None:
                     raise SparkVoiceError("this pipeline has no speech-to-text backend; pass text=")
-                tr = self._transcribe(self.stt, audio, sample_rate, streaming_stt, out, cancel)
+                tr, spec = self._transcribe(self.stt, audio, sample_rate, streaming_stt, out, cancel, rid)
                 turn.transcript, turn.language = tr.text, tr.language
+                speculation = spec or speculation
             if resume:
                 pass
             elif text is not None:  # typed text: its script tells the language, not STT_LANGUAGE
@@ -317,16 +388,24 @@ class VoicePipeline:
                 turn.language = self.language
             else:
                 turn.language = turn.language or guess_language(turn.transcript)
+            spec = self._confirm(speculation, turn, cancel, out) if speculation is not None else None
             if not turn.transcript and not resume:
                 out(Stage.TURN_DONE, reason="no speech")
                 return turn
-            # 2. retrieval (a resumed turn has no new words to look up)
-            hits = [] if resume else self._retrieve(turn.transcript, out)
+            # 2. retrieval (a resumed turn has no new words to look up; a kept speculation has
+            # retrieved already, on the same words)
+            if spec is not None:
+                spec.wait_prepared()
+                hits = spec.hits
+                if self.retriever is not None:
+                    out(Stage.RAG_HITS, hits=[h.to_dict() for h in hits], speculative=True, **spec.rag)
+            else:
+                hits = [] if resume else self._retrieve(turn.transcript, out)
             turn.hits = hits
             # 3. LLM -> chunker -> TTS
             if self.llm is None:
                 raise SparkVoiceError("this pipeline has no language model backend")
-            exchange = self._answer(self.llm, turn, hits, speak, cancel, out, resume=resume)
+            exchange = self._answer(self.llm, turn, hits, speak, cancel, out, resume=resume, spec=spec)
             turn.cancelled = cancel.is_set()
             if not turn.cancelled:  # before turn.done: a caller may answer a pending call right away
                 self._remember(exchange)
@@ -341,8 +420,12 @@ class VoicePipeline:
             out(Stage.TURN_DONE, error=turn.error)
             raise
         finally:
+            if speculation is not None:
+                speculation.cancel()  # a no-op once its generation was used up
             with self._lock:
                 self._cancels.pop(rid, None)
+                if speculation is not None and self._specs.get(rid) is speculation:
+                    del self._specs[rid]
             turn.latencies = self.latency.record_events(rid, [*prior_events, *events], start)
             log.info("turn", extra={"request_id": rid, "stage": Stage.TURN_DONE, "latency_ms": turn.latencies,
                                     "transcript": turn.transcript[:200], "answer": turn.answer[:200],
@@ -350,31 +433,61 @@ class VoicePipeline:
         return turn
 
     def _transcribe(self, stt: SpeechToText, audio: AudioInput, sample_rate: int | None, streaming: bool,
-                    out: Out, cancel: threading.Event) -> Transcript:
+                    out: Out, cancel: threading.Event, rid: str) -> tuple[Transcript, Speculation | None]:
         a = load_audio(audio, SAMPLE_RATE_STT, source_rate=sample_rate)
         if not streaming:
             tr = stt.transcribe(a, None if self.language == "auto" else self.language)
             out(Stage.STT_FINAL, tr.text, language=tr.language, audio_s=round(a.duration, 3),
                 segments=[[round(s.start, 2), round(s.end, 2), s.text] for s in tr.segments])
-            return tr
+            return tr, None
         # streaming: feed 20 ms frames through the recogniser, as a live source would
         stream = stt.stream(None if self.language == "auto" else self.language)
         step = SAMPLE_RATE_STT // 50
         finals: list[str] = []
         lang = ""
-        for i in range(0, max(len(a.samples), 1), step):
-            if cancel.is_set():
-                raise Cancelled()
-            t_in = time.perf_counter()  # speech_start / speech_end happened when this audio came in
-            for ev in stream.feed(Audio(a.samples[i:i + step], SAMPLE_RATE_STT)):
+        spec: list[Speculation | None] = [None]  # the speculation on the last utterance (this clip is one turn)
+
+        def on_turn_end(partial: str, agreeing: int, language: str) -> int:
+            if spec[0] is not None:
+                self.discard(spec[0])
+            joined = ("" if (language or lang) == "ja" else " ").join([*finals, partial]).strip()
+            spec[0] = self.speculate(rid, joined, agreeing, language or lang)
+            return spec[0].budget.stt_overlap if spec[0] is not None else 0
+
+        if self.settings.turn_speculative == "on" and hasattr(stream, "on_turn_end"):
+            stream.on_turn_end = on_turn_end
+
+        def handle(events: list[SttEvent], t_in: float, before: Speculation | None) -> None:
+            nonlocal lang
+            for ev in events:
                 lang = ev.language or lang
                 self._stt_event(ev, out, finals, t_in)
-        t_in = time.perf_counter()
-        for ev in stream.flush():
-            lang = ev.language or lang
-            self._stt_event(ev, out, finals, t_in)
+                if ev.kind == "speech_start" and spec[0] is not None:  # more speech: not the end of the turn
+                    self.discard(spec[0])
+                    spec[0] = None
+            if spec[0] is not None and spec[0] is not before:
+                if any(ev.kind == "final" for ev in events):
+                    spec[0].end_overlap()
+                else:  # the utterance was noise (no final)
+                    self.discard(spec[0])
+                    spec[0] = None
+
+        try:
+            for i in range(0, max(len(a.samples), 1), step):
+                if cancel.is_set():
+                    raise Cancelled()
+                t_in = time.perf_counter()  # speech_start / speech_end happened when this audio came in
+                before = spec[0]
+                handle(stream.feed(Audio(a.samples[i:i + step], SAMPLE_RATE_STT)), t_in, before)
+            before = spec[0]
+            t_in = time.perf_counter()
+            handle(stream.flush(), t_in, before)
+        except BaseException:
+            if spec[0] is not None:
+                self.discard(spec[0])
+            raise
         text = " ".join(f for f in finals if f).strip() if lang != "ja" else "".join(finals)
-        return Transcript(text, [], lang)
+        return Transcript(text, [], lang), spec[0]
 
     @staticmethod
     def _stt_event(ev: SttEvent, out: Out, finals: list[str], t_in: float | None = None) -> None:
@@ -389,18 +502,33 @@ class VoicePipeline:
             out(f"stt.{ev.kind}", ev.text, t=t, language=ev.language, audio_time=round(ev.audio_time, 3),
                 **endpoint_data(ev))
 
-    def _retrieve(self, query: str, out: Out) -> list[Hit]:
+    def _search(self, query: str) -> tuple[list[Hit], dict[str, Any]]:
+        """Retrieval without events: (hits, the data of its rag.hits event)."""
         if self.retriever is None:
-            return []
+            return [], {}
         t0 = time.perf_counter()
         try:
             hits = self.retriever.search(query, self.top_k)
         except Exception as exc:
             log.warning("retrieval failed; answering without it", extra={"error": str(exc)})
-            out(Stage.RAG_HITS, hits=[], error=str(exc))
+            return [], {"error": str(exc)}
+        return hits, {"ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def _retrieve(self, query: str, out: Out) -> list[Hit]:
+        if self.retriever is None:
             return []
-        out(Stage.RAG_HITS, hits=[h.to_dict() for h in hits], ms=round((time.perf_counter() - t0) * 1000, 3))
+        hits, data = self._search(query)
+        out(Stage.RAG_HITS, hits=[h.to_dict() for h in hits], **data)
         return hits
+
+    def _tool_kwargs(self, llm: LanguageModel, first: bool, last_round: bool) -> dict[str, Any]:
+        """stream_chat's tool arguments for one LLM round (`first`: the first round of a new turn;
+        after tool results, in later rounds or a resumed turn: auto, unless none)."""
+        if not (bool(self.tools or self.client_tools) and supports_tools(llm)):
+            return {}
+        return {"tools": [*self.tools.specs(), *self.client_tools],
+                "tool_choice": "none" if last_round or self.tool_choice == "none" else (
+                    self.tool_choice if first else "auto")}
 
     def messages_for(self, user_text: str | None, hits: Sequence[Hit] = ()) -> list[dict[str, Any]]:
         """The prompt of a turn (see :func:`spark_voice.prompt.build_messages`); `user_text` None:
@@ -421,9 +549,11 @@ class VoicePipeline:
             del self.history[:users[len(users) - keep]]
 
     def _answer(self, llm: LanguageModel, turn: Turn, hits: list[Hit], speak: bool, cancel: threading.Event,
-                out: Out, resume: bool = False) -> list[dict[str, Any]]:
-        """Answer; returns the turn's new messages for the history (see `_remember`)."""
-        messages = self.messages_for(None if resume else turn.transcript, hits)
+                out: Out, resume: bool = False, spec: Speculation | None = None) -> list[dict[str, Any]]:
+        """Answer; returns the turn's new messages for the history (see `_remember`). `spec`: a
+        confirmed speculation, whose generation is the first LLM round."""
+        messages = spec.messages if spec is not None else self.messages_for(None if resume else turn.transcript,
+                                                                           hits)
         new_from = len(messages) if resume else len(messages) - 1
         user_msg = [] if resume else [{"role": "user", "content": turn.transcript}]
         chunker = SentenceChunker.from_settings(self.settings)
@@ -464,27 +594,26 @@ class VoicePipeline:
                     sentences.put(sentence)
 
         client = {str((t.get("function") or {}).get("name")) for t in self.client_tools}
-        use_tools = bool(self.tools or self.client_tools) and supports_tools(llm)
-        specs = [*self.tools.specs(), *self.client_tools] if use_tools else []
         want_stats = takes_kwarg(llm, "stats")
         calls_made = 0
         rounds = 0
         try:
             while True:
-                kw: dict[str, Any] = {}
                 last_round = calls_made >= self.tools.max_calls
-                if use_tools:  # after tool results (later rounds, a resumed turn): auto, unless none
-                    first = rounds == 0 and not resume
-                    kw = {"tools": specs, "tool_choice": "none" if last_round or self.tool_choice == "none" else (
-                        self.tool_choice if first else "auto")}
+                kw = self._tool_kwargs(llm, rounds == 0 and not resume, last_round)
                 stats: dict[str, Any] = {}
                 if want_stats:
                     kw["stats"] = stats
+                if spec is not None and rounds == 0:  # the speculation's generation (its own stats)
+                    stats = spec.kwargs.get("stats", stats)
+                    deltas: Iterable[LlmDelta] = spec.deltas(cancel)
+                else:
+                    deltas = llm.stream_chat(messages, cancel=cancel, **kw)
                 rounds += 1
                 pending: dict[int, list] = {}
                 t_round = time.perf_counter()
                 n_deltas = 0
-                for delta in llm.stream_chat(messages, cancel=cancel, **kw):
+                for delta in deltas:
                     n_deltas += 1
                     if cancel.is_set():
                         break

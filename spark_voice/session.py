@@ -4,6 +4,8 @@ The streaming recogniser turns frames into speech_start / partial / final events
 a turn (:meth:`spark_voice.pipeline.VoicePipeline.turn`) in a worker thread. Speech that starts
 while the assistant answers is a possible interruption (:mod:`spark_voice.turn.interrupt`): the
 answer's audio pauses; a real word cancels it (barge-in), a back-channel or a cough resumes it.
+With TURN_SPECULATIVE=on the end of a turn may start its LLM on the last stable partial while the
+final is decoded (:meth:`VoicePipeline.speculate`); the turn keeps it when the final agrees.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .errors import SparkVoiceError
 from .events import Event, new_request_id
 from .pipeline import Emit, Turn, VoicePipeline, endpoint_data
 from .turn.interrupt import BargeInPolicy, Interruption
+from .turn.speculative import Speculation
 from .types import Audio, Stage, Transcript
 
 MAX_TURNS_KEPT = 16  # `turns` keeps the latest ones only (a session may last hours)
@@ -54,7 +57,9 @@ class VoiceSession:
         self._pending_utt: tuple[str, float | None, list[Event]] | None = None  # an unanswered utterance
         pipeline.load()
         self.stream_options: dict[str, Any] = dict(stream_options or {})
+        self._spec: Speculation | None = None  # the LLM started on the last partial, until the final
         self._stream = self._open_stream()
+        self._hook_stream()
         self._new_id = request_id_factory
         self._rid = request_id_factory()
         self._turn_start: float | None = None
@@ -90,15 +95,40 @@ class VoiceSession:
         if self._turn_start is None:
             self._turn_start = t_in
         self._audio_t += frame.duration
-        for ev in self._stream.feed(frame):
-            self._on_stt(ev, t_in)
+        try:
+            for ev in self._stream.feed(frame):
+                self._on_stt(ev, t_in)
+        finally:
+            self._drop_speculation()
         self._check_interruption()
 
     def flush(self) -> None:
         t_in = time.perf_counter()
-        for ev in self._stream.flush():
-            self._on_stt(ev, t_in)
+        try:
+            for ev in self._stream.flush():
+                self._on_stt(ev, t_in)
+        finally:
+            self._drop_speculation()
         self._check_interruption(final=True)
+
+    # ------------------------------------------------------------------ speculative start
+    def _hook_stream(self) -> None:
+        if self.pipeline.settings.turn_speculative == "on" and hasattr(self._stream, "on_turn_end"):
+            self._stream.on_turn_end = self._on_turn_end
+
+    def _on_turn_end(self, partial: str, agreeing: int, language: str) -> int:
+        """The stream ended the turn and is about to decode the final: maybe start the LLM now.
+        Not while an answer runs or plays (the words may be a back-channel or an interruption)."""
+        if self._stopped or self.answering or self._intr is not None:
+            return 0
+        self._spec = self.pipeline.speculate(self._rid, partial, agreeing, language)
+        return self._spec.budget.stt_overlap if self._spec is not None else 0
+
+    def _drop_speculation(self) -> None:
+        """A speculation the final of the same feed() did not take (noise, a back-channel): cancel it."""
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            self.pipeline.discard(spec)
 
     # ------------------------------------------------------------------ audio out (held while paused)
     def _emit_turn(self, ev: Event) -> None:
@@ -201,11 +231,17 @@ class VoiceSession:
     def _start_turn(self, ev) -> None:
         rid, start, stt_events = self._rid, self._turn_start, list(self._events)
         self._rid, self._events, self._turn_start = self._new_id(), [], None
+        spec, self._spec = self._spec, None
+        if spec is not None and spec.request_id != rid:
+            self.pipeline.discard(spec)
+            spec = None
         transcript = Transcript(ev.text.strip(), ev.segments, ev.language)
         if self.respond_to is not None and not self.respond_to(rid, transcript):
+            if spec is not None:
+                self.pipeline.discard(spec)
             self._pending_utt = (rid, start, stt_events)
             return
-        self._run_turn(rid, start, stt_events, transcript=transcript)
+        self._run_turn(rid, start, stt_events, transcript=transcript, speculation=spec)
 
     def _open_stream(self) -> Any:
         lang = self.pipeline.language
@@ -218,6 +254,7 @@ class VoiceSession:
     def reset_input(self) -> None:
         """Drop the audio heard so far (a new recogniser stream); a running answer goes on."""
         self._stream = self._open_stream()
+        self._hook_stream()
         self._events, self._turn_start = [], None
 
     def set_stream_options(self, options: dict[str, Any]) -> bool:
@@ -246,9 +283,11 @@ class VoiceSession:
 
     def _run_turn(self, rid: str, start: float | None, stt_events: list[Event], *,
                   transcript: Transcript | None = None, text: str | None = None, speak: bool | None = None,
-                  resume: bool = False) -> None:
+                  resume: bool = False, speculation: Speculation | None = None) -> None:
         with self._lock:
             if self._stopped:  # closed meanwhile (e.g. the websocket went away during recognition)
+                if speculation is not None:
+                    self.pipeline.discard(speculation)
                 return
         if self._worker is not None and self._worker.is_alive():
             self.pipeline.cancel(self._active_rid)
@@ -261,13 +300,16 @@ class VoiceSession:
         def work() -> None:
             try:
                 turn = self.pipeline.turn(self._emit_turn, transcript=transcript, text=text, speak=say,
-                                          request_id=rid, start=start, prior_events=stt_events, resume=resume)
+                                          request_id=rid, start=start, prior_events=stt_events, resume=resume,
+                                          speculation=speculation)
                 self.turns.append(turn)
             except Exception:
                 pass  # already reported as an `error` event
 
         with self._lock:
             if self._stopped:
+                if speculation is not None:
+                    self.pipeline.discard(speculation)
                 return
             self._active_rid = rid
             self._worker = threading.Thread(target=work, name=f"session-turn-{rid}", daemon=True)
@@ -286,6 +328,9 @@ class VoiceSession:
             rid = self._active_rid
         if rid:
             self.pipeline.cancel(rid)
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            self.pipeline.discard(spec)
 
     def close(self) -> None:
         self.stop_turns()

@@ -42,6 +42,7 @@ class Stage:
     STT_SPEECH_END: Final = "stt.speech_end"
     STT_FINAL: Final = "stt.final"
     RAG_HITS: Final = "rag.hits"
+    LLM_SPECULATIVE: Final = "llm.speculative"
     LLM_TOKEN: Final = "llm.token"
     LLM_ANALYSIS: Final = "llm.analysis"
     LLM_SENTENCE: Final = "llm.sentence"
@@ -54,7 +55,8 @@ class Stage:
     TURN_DONE: Final = "turn.done"
     ERROR: Final = "error"
 
-    ALL: Final = (TURN_START, STT_SPEECH_START, STT_PARTIAL, STT_SPEECH_END, STT_FINAL, RAG_HITS, LLM_TOKEN,
+    ALL: Final = (TURN_START, STT_SPEECH_START, STT_PARTIAL, STT_SPEECH_END, STT_FINAL, RAG_HITS, LLM_SPECULATIVE,
+                  LLM_TOKEN,
                   LLM_ANALYSIS, LLM_SENTENCE, LLM_TOOL_CALL, TOOL_RESULT, TTS_CHUNK, TURN_BARGE_IN, TURN_PAUSED,
                   TURN_RESUMED, TURN_DONE, ERROR)
 

@@ -376,13 +376,14 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
 
     def _tokens(self, prompt: list[int], stats: dict[str, Any], *, max_tokens: int, temperature: float,
                 cancel: threading.Event | None, logits_processor: Callable | None = None,
-                grammar: Any = None) -> Iterator[tuple[int, bytes, bool]]:
+                grammar: Any = None, n_threads: Callable[[], int] | None = None) -> Iterator[tuple[int, bytes, bool]]:
         """(token, piece bytes, is_stop) as generated; the caller holds the generation lock.
 
         Counts into `stats` (completion_tokens: every sampled token except the stop token;
         finish_reason: stop | length | cancelled). A harmony model's stop token (``<|return|>``,
         ``<|call|>``) is yielded last (is_stop=True) so that the parser sees it; other models
-        stop at any end-of-generation or control token, which is not yielded."""
+        stop at any end-of-generation or control token, which is not yielded. `n_threads`: read
+        before each decode (the prompt's included); the context is set back to LLM_THREADS after."""
         llm = self.llm
         harmony = self.is_harmony
         is_eog, get_attr, vocab, control = self._is_eog, self._get_attr, self._vocab, self._control
@@ -398,11 +399,15 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
                            grammar=grammar)
         n = 0
         stats["finish_reason"] = "length"
+        threads = self.n_threads
         try:
             while n < max_tokens:
                 if cancel is not None and cancel.is_set():
                     stats["finish_reason"] = "cancelled"
                     break
+                if n_threads is not None and (want := max(1, int(n_threads()))) != threads:
+                    threads = want
+                    self._set_threads(want)
                 token = next(gen)
                 if stats["ttft_s"] is None:
                     stats["ttft_s"] = time.perf_counter() - t0
@@ -421,12 +426,21 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
             raise BackendUnavailable(f"llama.cpp generation failed: {exc}") from exc
         finally:
             gen.close()
+            if threads != self.n_threads:
+                self._set_threads(self.n_threads)
             stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - t0
+
+    def _set_threads(self, n: int) -> None:
+        """llama_set_n_threads on the context (generation and batch threads), between decodes."""
+        import llama_cpp
+
+        llama_cpp.llama_set_n_threads(self.llm.ctx, n, n)
 
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
                     temperature: float | None = None, cancel: threading.Event | None = None,
                     logits_processor: Callable | None = None, tools: Sequence[dict] | None = None,
-                    tool_choice: Any = None, stats: dict[str, Any] | None = None) -> Iterator[LlmDelta]:
+                    tool_choice: Any = None, stats: dict[str, Any] | None = None,
+                    n_threads: Callable[[], int] | None = None) -> Iterator[LlmDelta]:
         """Stream the answer. `logits_processor(input_ids, scores) -> scores` is for tests/steering.
 
         `tools` (OpenAI function specs) and `tool_choice` (auto | none | required | a named
@@ -434,7 +448,8 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
         finish_reason ``tool_calls``. ``required`` and a named function constrain the arguments
         with a grammar built from the function's JSON schema. `stats` (a dict) is filled with the
         engine's counts: prompt_tokens, completion_tokens, finish_reason, ttft_s, seconds,
-        dropped_messages (also kept in ``last_stats``)."""
+        dropped_messages (also kept in ``last_stats``). `n_threads() -> int`: the threads to use,
+        read between tokens (a speculative start shares the cores with the final STT decode)."""
         self.load()
         max_tokens = self.max_tokens if max_tokens is None else int(max_tokens)
         if max_tokens < 1:
@@ -455,7 +470,8 @@ class LlamaCppLLM(LlamaCppPlacement, BaseBackend):
             st.clear()
             st.update(self._new_stats(prompt), dropped_messages=dropped)
             self.last_stats = st
-            kw = dict(max_tokens=max_tokens, temperature=temp, cancel=cancel, logits_processor=logits_processor)
+            kw = dict(max_tokens=max_tokens, temperature=temp, cancel=cancel, logits_processor=logits_processor,
+                      n_threads=n_threads)
             if self.is_harmony:
                 yield from self._harmony(prompt, st, kw, mode, name, offered)
             else:

@@ -11,12 +11,13 @@ import hashlib
 import re
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import BackendUnavailable, ContextOverflow, VoiceError
 from ..text import chunk_text, guess_language
+from ..turn.speculative import PartialTracker
 from ..types import SAMPLE_RATE_STT, Audio, LlmDelta, Segment, SttEvent, Transcript, Voice
 from .base import BaseBackend
 
@@ -45,14 +46,16 @@ class _Mock(BaseBackend):
 
 
 class MockSTT(_Mock):
-    """Energy-based: speech = 30 ms frames with RMS above `threshold`. Text names the duration."""
+    """Energy-based: speech = 30 ms frames with RMS above `threshold`. Text names the duration
+    (or is `text`; `partial_text`: what the partials say instead, e.g. a speculation that misses)."""
 
     role = "stt"
 
     def __init__(self, text: str | None = None, threshold: float = 0.01, partial_interval: float = 0.5,
-                 silence: float = 0.5, fail: str | None = None, language: str = "en", end_of_turn=None) -> None:
+                 silence: float = 0.5, fail: str | None = None, language: str = "en", end_of_turn=None,
+                 partial_text: str | None = None) -> None:
         super().__init__(fail)
-        self.text, self.threshold = text, threshold
+        self.text, self.threshold, self.partial_text = text, threshold, partial_text
         self.partial_interval, self.silence, self.language = partial_interval, silence, language
         self.end_of_turn = end_of_turn  # a callable -> spark_voice.turn.EndOfTurn per stream, or None
 
@@ -118,6 +121,8 @@ class MockSttStream:
         self.eot = factory() if factory is not None else None
         self._asked = False     # the end-of-turn model was asked about the current pause
         self._utt: list[np.ndarray] = []  # the utterance's frames (last 8 s) for the turn model
+        self.partials = PartialTracker()
+        self.on_turn_end = None  # spark_voice.turn.speculative.TurnEndHook, called before the final
 
     def feed(self, audio: Audio) -> list[SttEvent]:
         from ..audio.io import resample
@@ -135,6 +140,7 @@ class MockSttStream:
                 if not self.in_speech:
                     self.in_speech, self.speech, self.since_partial = True, 0.0, 0.0
                     self._utt = []
+                    self.partials.reset()
                     out.append(SttEvent("speech_start", audio_time=self.t, language=self.language))
                 if self._asked and self.eot is not None:
                     self.eot.resume()  # speech after a pause the model called incomplete
@@ -149,7 +155,10 @@ class MockSttStream:
                 self.since_partial += 0.03
                 if self.since_partial >= self.stt.partial_interval and self.silence == 0.0:
                     self.since_partial = 0.0
-                    out.append(SttEvent("partial", self.stt._text_for(self.speech), self.t, self.language))
+                    text = self.stt.partial_text if self.stt.partial_text is not None else self.stt._text_for(
+                        self.speech)
+                    self.partials.decoded(text)
+                    out.append(SttEvent("partial", text, self.t, self.language))
                 if self.eot is None:
                     if self.silence >= self.silence_s - 1e-9:
                         out += self._final("silence")
@@ -166,6 +175,8 @@ class MockSttStream:
         return self.speech * 1000.0 if self.in_speech else 0.0
 
     def _final(self, reason: str = "flush") -> list[SttEvent]:
+        if self.on_turn_end is not None and self.partials.text:
+            self.on_turn_end(self.partials.text, self.partials.agreeing, self.language)
         text = self.stt._text_for(self.speech)
         waited = round(self.silence * 1000.0, 1)
         self.in_speech, self.speech, self.silence, self._asked = False, 0.0, 0.0, False
@@ -187,6 +198,7 @@ class MockLLM(_Mock):
         self.token_delay, self.answer = token_delay, answer
         self.n_ctx, self.default_max_tokens = n_ctx, int(max_tokens)
         self.last_messages: list[dict] = []
+        self.thread_log: list[int] = []
 
     @classmethod
     def from_settings(cls, settings) -> "MockLLM":
@@ -253,7 +265,8 @@ class MockLLM(_Mock):
     def stream_chat(self, messages: list[dict], *, max_tokens: int | None = None,
                     temperature: float | None = None, cancel: threading.Event | None = None,
                     tools: list[dict] | None = None, tool_choice=None,
-                    stats: dict | None = None) -> Iterator[LlmDelta]:
+                    stats: dict | None = None, n_threads: Callable[[], int] | None = None) -> Iterator[LlmDelta]:
+        """`n_threads`: read before each token like the real engine; the values go to `thread_log`."""
         self._use()
         self._check_context(list(messages), max_tokens)
         self.last_messages = list(messages)
@@ -281,6 +294,8 @@ class MockLLM(_Mock):
             if max_tokens is not None and i >= max_tokens:
                 st["finish_reason"] = "length"
                 return
+            if n_threads is not None:
+                self.thread_log.append(int(n_threads()))
             if self.token_delay:
                 if cancel is not None:
                     if cancel.wait(self.token_delay):

@@ -17,6 +17,7 @@ from typing import Any
 from ..audio.io import load_audio
 from ..backends.base import SpeechToText, SttStream
 from ..errors import AudioError, SparkVoiceError
+from ..turn.speculative import TurnEndHook
 from ..types import SAMPLE_RATE_STT, Audio, BackendInfo, SttEvent, Transcript
 
 __all__ = ["AUDIO_EXTS", "BUNDLED", "Clip", "PacedSTT", "PacedStream", "clip_language", "find_clips"]
@@ -122,3 +123,16 @@ class PacedStream:
 
     def flush(self) -> list[SttEvent]:
         return self.inner.flush()
+
+    @property
+    def voiced_ms(self) -> float | None:
+        return getattr(self.inner, "voiced_ms", None)
+
+    @property
+    def on_turn_end(self) -> TurnEndHook | None:
+        """The inner stream's speculative-start hook (see spark_voice.turn.speculative)."""
+        return getattr(self.inner, "on_turn_end", None)
+
+    @on_turn_end.setter
+    def on_turn_end(self, hook: TurnEndHook | None) -> None:
+        self.inner.on_turn_end = hook  # type: ignore[attr-defined]

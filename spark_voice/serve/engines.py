@@ -24,6 +24,7 @@ import numpy as np
 
 from ..backends.base import SttStream, supports_tools
 from ..errors import Cancelled, Overloaded
+from ..turn.speculative import TurnEndHook
 from ..types import Audio, BackendInfo, LlmDelta, SttEvent, Transcript, Voice
 
 T = TypeVar("T")
@@ -257,6 +258,15 @@ class GatedSttStream:
     def voiced_ms(self) -> float | None:
         """Voiced audio of the utterance in progress (the barge-in policy reads it), if the stream says."""
         return getattr(self.stream, "voiced_ms", None)
+
+    @property
+    def on_turn_end(self) -> TurnEndHook | None:
+        """The stream's speculative-start hook (see spark_voice.turn.speculative)."""
+        return getattr(self.stream, "on_turn_end", None)
+
+    @on_turn_end.setter
+    def on_turn_end(self, hook: TurnEndHook | None) -> None:
+        self.stream.on_turn_end = hook  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------ threads

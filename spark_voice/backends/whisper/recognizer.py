@@ -255,12 +255,12 @@ class WhisperCppSTT(BaseBackend):
         return language
 
     def decode(self, samples: np.ndarray, language: str, *, partial: bool = False,
-               offset: float = 0.0) -> tuple[list[Segment], str]:
+               offset: float = 0.0, n_threads: int | None = None) -> tuple[list[Segment], str]:
         """One whisper_full call on 16 kHz mono samples -> (segments with absolute times, language).
 
         `partial`: the cheap parameters of a streaming partial (shortened encoder context, one
         segment, no timestamps, a token cap) and decode loops trimmed; else those of
-        :meth:`transcribe`. `offset`: seconds added to the segment times.
+        :meth:`transcribe`. `offset`: seconds added to the segment times. `n_threads`: instead of STT_THREADS.
         """
         self.load()
         n_real = len(samples)
@@ -269,6 +269,7 @@ class WhisperCppSTT(BaseBackend):
         samples = np.ascontiguousarray(samples, dtype=np.float32)
         params = (self._partial_params(language, len(samples) / SR) if partial
                   else self._final_params(language, len(samples) / SR))
+        params["n_threads"] = max(1, int(n_threads)) if n_threads else self.n_threads
         with self._infer_lock:
             model = self._model
             if model is None or self._pw is None:

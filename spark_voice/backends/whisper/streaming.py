@@ -22,6 +22,11 @@ Without it the turn ends after STT_SILENCE_MS (``reason="silence"``). ``speech_e
 silence waited after the voice stopped (``silence_ms``). An utterance whose final text is empty
 (noise) gives ``speech_end`` without ``final``. ``audio_time`` of an event is the seconds of input
 consumed when it was detected. The VAD's onnxruntime session uses 1 intra-op thread without spinning.
+
+Speculative start (:mod:`spark_voice.turn.speculative`): when the turn ends, before the final is
+decoded, ``on_turn_end(partial, agreeing, language)`` (when set) hears the last partial and how
+many partial decodes in a row gave its words; it may start the LLM on it and returns the threads
+the final decode may use meanwhile (0: STT_THREADS).
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ import numpy as np
 
 from ...audio.vad import FRAME, SpeechDetector
 from ...errors import AudioError
+from ...turn.speculative import PartialTracker
 from ...types import SAMPLE_RATE_STT, Audio, SttEvent
 from .filters import join_texts
 from .windowing import is_silent
 
 if TYPE_CHECKING:
     from ...turn import EndOfTurn
+    from ...turn.speculative import TurnEndHook
     from .recognizer import WhisperCppSTT
 
 __all__ = ["WhisperCppStream"]
@@ -78,6 +85,8 @@ class WhisperCppStream:
         self._partial_lang = ""
         self.partial_seconds = 0.0  # wall time spent on partial decodes (for benchmarks)
         self.partial_count = 0
+        self.partials = PartialTracker()  # agreeing partial decodes (speculative start)
+        self.on_turn_end: TurnEndHook | None = None
 
     # --------------------------------------------------------- input
     def _to_16k(self, audio: Audio) -> np.ndarray:
@@ -139,6 +148,7 @@ class WhisperCppStream:
                 self._utt_start = max(self._base, end - FRAME - self._preroll)
                 self._next_partial = end + self._partial_step
                 self._last_partial, self._partial_lang = "", ""
+                self.partials.reset()
                 events.append(SttEvent("speech_start", audio_time=end / SR, language=self._lang_hint()))
             elif ev in ("end", "turn_end"):
                 waited = self._det.min_silence_frames * FRAME if eot is None else end - self._pause_at
@@ -148,7 +158,7 @@ class WhisperCppStream:
                                        silence_ms=round(waited * 1000.0 / SR, 1), reason=reason))
                 # after a held pause the final hears the speech plus the short pause, not 2 s of silence
                 until = self._pause_at + self._det.min_silence_frames * FRAME if reason == "timeout" else None
-                events += self._final(end, until)
+                events += self._final(end, until, self._turn_end())
             elif eot is not None and eot.holding:
                 pass  # a held pause: no partials, no utterance cap
             elif self._utt_start is not None:
@@ -157,6 +167,7 @@ class WhisperCppStream:
                     self._utt_start = end
                     self._next_partial = end + self._partial_step
                     self._last_partial, self._partial_lang = "", ""
+                    self.partials.reset()
                 elif end >= self._next_partial and self._det.silent_frames == 0:  # not in a pause
                     t0 = time.perf_counter()
                     events += self._partial(end)
@@ -206,13 +217,22 @@ class WhisperCppStream:
         if self.language == "auto" and detected and not self._partial_lang:
             self._partial_lang = detected  # later partials of this utterance skip detection
         text = join_texts([s.text for s in segs], detected)
+        self.partials.decoded(text)
         if not text or text == self._last_partial:
             return []
         self._last_partial = text
         return [SttEvent("partial", text, audio_time=end / SR, language=detected)]
 
-    def _final(self, end: int, until: int | None = None) -> list[SttEvent]:
-        """Decode the utterance [start, until or end); `until` leaves out a long held silence."""
+    def _turn_end(self) -> int:
+        """The turn ended: tell `on_turn_end` the last partial (see the module docstring)."""
+        hook, p = self.on_turn_end, self.partials
+        if hook is None or not p.text or self._utt_start is None:
+            return 0
+        return int(hook(p.text, p.agreeing, self._partial_lang or self._lang_hint()) or 0)
+
+    def _final(self, end: int, until: int | None = None, n_threads: int = 0) -> list[SttEvent]:
+        """Decode the utterance [start, until or end); `until` leaves out a long held silence;
+        `n_threads` > 0: the decode's threads (an LLM runs beside it)."""
         start, self._utt_start = self._utt_start, None
         if start is None:
             return []
@@ -220,7 +240,7 @@ class WhisperCppStream:
         self._drop_before(max(self._base, end - self._preroll))
         if is_silent(samples):
             return []
-        segs, lang = self.stt.decode(samples, self.language, offset=start / SR)
+        segs, lang = self.stt.decode(samples, self.language, offset=start / SR, n_threads=n_threads or None)
         text = join_texts([s.text for s in segs], lang)
         if not text:
             return []
@@ -235,7 +255,7 @@ class WhisperCppStream:
         end = self._base + self._len
         if self._utt_start is not None:
             events.append(SttEvent("speech_end", audio_time=end / SR, language=self._lang_hint(), reason="flush"))
-            events += self._final(end)
+            events += self._final(end, None, self._turn_end())
         if self.end_of_turn is not None:
             self.end_of_turn.reset()
         self._det.reset()
