@@ -186,3 +186,73 @@ def test_voice_session_backchannel_does_not_interrupt(settings):
     done = [e for e in events if e.stage == "turn.done"]
     assert len(done) == 1 and not done[0].data.get("cancelled")
     assert "turn.paused" in stages and "turn.resumed" in stages, finals
+
+
+def test_speculative_turn_on_the_real_engines(settings):
+    """Speculative start on whisper.cpp + SmolLM2 + Piper: the streamed turn completes with an
+    answer whichever way the speculation goes, and a speculation on the final's own words is kept
+    (a hit: the answer streams from it, after stt.final)."""
+    import llama_cpp
+
+    from spark_voice.pipeline import VoicePipeline
+    from spark_voice.types import Transcript
+
+    need(settings.model_path("llm").is_file(), "LLM missing: run `spark-voice models prepare --small`")
+    s = settings.model_copy(update={"stt_language": "en", "llm_max_tokens": 24, "rag_enabled": "off",
+                                    "turn_speculative": "on", "turn_speculative_stable": 1})
+    pipe = VoicePipeline.from_settings(s, load=True)
+    answer_stages = ("llm.token", "llm.sentence", "tts.chunk")
+    try:
+        a = clip("question_en")
+        audio = Audio(np.concatenate([a.samples, np.zeros(int(2.5 * SR), np.float32)]), SR)
+        turn = pipe.run(audio, streaming_stt=True)
+        stages = [e.stage for e in turn.events]
+        assert "france" in turn.transcript.lower() and turn.answer and not turn.error and not turn.cancelled
+        assert "tts.chunk" in stages
+        i_final = stages.index("stt.final")
+        assert not any(st in answer_stages for st in stages[:i_final]), stages
+        spec = [e for e in turn.events if e.stage == "llm.speculative"]
+        assert len(spec) <= 1 and turn.speculative == ("" if not spec else ("hit" if spec[0].data["hit"] else "miss"))
+        # a speculation on exactly the final's words is kept
+        pipe.reset()
+        sp = pipe.speculate("real-spec", turn.transcript, 2, "en")
+        assert sp is not None and sp.budget.llm_overlap + sp.budget.stt_overlap <= max(2, sp.budget.cores)
+        events: list = []
+        t2 = pipe.turn(events.append, transcript=Transcript(turn.transcript, [], "en"), request_id="real-spec",
+                       speculation=sp)
+        assert t2.speculative == "hit" and t2.answer and not t2.error
+        assert [e.data["hit"] for e in events if e.stage == "llm.speculative"] == [True]
+        assert "".join(e.text for e in events if e.stage == "llm.token").strip() == t2.answer
+        assert any(e.stage == "tts.chunk" for e in events)
+        assert not sp.running and pipe._specs == {}
+        # the LLM's threads came back to LLM_THREADS after a generation that ran on fewer
+        llm = pipe.llm
+        assert llama_cpp.llama_n_threads(llm.llm.ctx) == llm.n_threads == 2
+    finally:
+        pipe.close()
+
+
+def test_llama_threads_follow_the_budget_between_tokens(settings):
+    need_module("llama_cpp", "llm")
+    from spark_voice.backends.llm_llama_cpp import LlamaCppLLM
+
+    need(settings.model_path("llm").is_file(), "LLM missing: run `spark-voice models prepare --small`")
+    llm = LlamaCppLLM.from_settings(settings)
+    import llama_cpp
+
+    seen: list[int] = []
+
+    def threads() -> int:
+        n = 1 if len(seen) < 3 else 2
+        seen.append(llama_cpp.llama_n_threads(llm.llm.ctx))
+        return n
+
+    try:
+        msgs = [{"role": "user", "content": "Count from one to ten."}]
+        out = "".join(d.text for d in llm.stream_chat(msgs, max_tokens=8, temperature=0.0, n_threads=threads))
+        assert out.strip()
+        # read before each decode: the prompt and first tokens on 1 thread, then back to 2
+        assert seen[0] == 2 and 1 in seen[1:4] and seen[-1] == 2
+        assert llama_cpp.llama_n_threads(llm.llm.ctx) == 2
+    finally:
+        llm.close()

@@ -15,6 +15,7 @@ from ..types import Stage
 from .clips import Clip, PacedSTT, find_clips
 from .floors import llm_cache_reset, make_floors, measure_floors
 from .report import TURN_METRICS, build_report, format_report, git_commit, results_dir, write_files
+from .speculative_compare import format_speculative, run_speculative
 from .turn_compare import format_compare, run_compare
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
                 f"{m} {lat[m]:.0f}" for m in TURN_METRICS if m in lat) + " ms")
         if compare:
             comparisons = run_compare(pipe, settings, rounds=compare_rounds, paced=PacedSTT, printer=printer)
+            comparisons["speculative"] = run_speculative(pipe, settings, rounds=compare_rounds, paced=PacedSTT,
+                                                         printer=printer)
     except KeyboardInterrupt:
         interrupted = True
         printer("interrupted: writing what was measured so far")
@@ -111,5 +114,7 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
     for line in format_report(report):
         printer(line)
     for line in format_compare(comparisons) if comparisons else ():
+        printer(line)
+    for line in format_speculative(comparisons["speculative"]) if "speculative" in comparisons else ():
         printer(line)
     return report

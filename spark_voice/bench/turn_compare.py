@@ -29,7 +29,7 @@ from ..audio.io import load_audio
 from ..types import SAMPLE_RATE_STT, Audio
 from .scoring import cer, wer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (spark_voice/bench/ is two below)
 CLIPS = ROOT / "examples" / "audio"
 # reference texts of the bundled clips (examples/make_speech_clips.py makes them from these)
 CLIP_TEXTS = {
