@@ -156,7 +156,7 @@ class Settings(BaseSettings):
                                   "yeah,yes,yep,yup,uh-huh,uh huh,mm-hmm,mhm,mm,hmm,"
                                   "okay,ok,right,sure,i see,got it,alright,all right,cool,nice,wow,oh")
     turn_speculative: Literal["on", "off"] = "off"
-    turn_speculative_stable: int = Field(2, ge=1, le=20)
+    turn_speculative_stable: int = Field(1, ge=1, le=20)
     turn_speculative_threads: int = Field(0, ge=0, le=512)
 
     # TTS

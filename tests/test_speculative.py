@@ -332,3 +332,38 @@ def test_ws_voice_reports_the_speculation_and_answers_after_the_final(tmp_path):
     assert kinds.index("llm.speculative") > i_final
     assert not any(k in ANSWER_EVENTS for k in kinds[:i_final])
     assert "tts.chunk" in kinds and not events[-1].get("cancelled")
+
+
+def test_stream_wrappers_pass_the_hook_on():
+    from spark_voice.bench.clips import PacedSTT
+    from spark_voice.serve.engines import EngineGate, GatedSttStream
+
+    def hook(partial: str, agreeing: int, language: str) -> int:
+        return 1
+
+    inner = MockSTT(text=QUESTION).stream("en")
+    paced = PacedSTT(MockSTT()).stream("en")
+    paced.inner = inner
+    paced.on_turn_end = hook
+    assert inner.on_turn_end is hook and paced.on_turn_end is hook
+    inner2 = MockSTT(text=QUESTION).stream("en")
+    gated = GatedSttStream(inner2, EngineGate("stt", 1, 1))
+    gated.on_turn_end = hook
+    assert inner2.on_turn_end is hook and gated.on_turn_end is hook
+
+
+def test_bench_compares_on_and_off_side_by_side(mock_settings):
+    from spark_voice.bench.speculative_compare import format_speculative, run_speculative
+
+    stt = MockSTT(text=QUESTION, partial_interval=0.1, silence=0.3)
+    pipe = VoicePipeline(stt, MockLLM(), MockTTS(), settings=mock_settings, language="en")
+    lines: list[str] = []
+    rep = run_speculative(pipe, mock_settings, rounds=1, paced=None, printer=lines.append)
+    turns = rep["turns"]
+    assert turns and {t["spec"] for t in turns} == {"on", "off"}
+    assert sum(1 for t in turns if t["spec"] == "on") == rep["hits"] + rep["misses"] + rep["none"]
+    assert rep["hits"] >= 1 and all(t["outcome"] == "none" for t in turns if t["spec"] == "off")
+    assert "eos_first_audio" in rep["en"] and rep["en"]["eos_first_audio"]["on_p50"] is not None
+    assert pipe.settings.turn_speculative == mock_settings.turn_speculative  # restored
+    out = format_speculative(rep)
+    assert "hits" in out[0] and any("end of speech -> first audio" in x for x in out)

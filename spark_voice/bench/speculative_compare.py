@@ -42,12 +42,14 @@ def compare_speculative(pipe, settings, clips: dict[str, Audio], rounds: int,
                     if hasattr(pipe.llm, "reset_cache"):
                         pipe.llm.reset_cache()
                     t = pipe.run(audio, streaming_stt=True, request_id=f"spec-{name}-{'on' if on else 'off'}-{r}")
+                    guess = next((e.text for e in t.events if e.stage == "llm.speculative"), "")
                     row = {"clip": name, "spec": "on" if on else "off", "round": r,
-                           "outcome": t.speculative or "none", **_turn_metrics(t)}
+                           "outcome": t.speculative or "none", "speculated_on": guess, **_turn_metrics(t)}
                     rows.append(row)
                     printer(f"  [spec {row['spec']:>3}] {name}: " + ", ".join(
                         f"{k} {row[k]:.0f}" for k in KEYS if row.get(k) is not None)
-                        + f" ms, {row['outcome'] if on else ''}")
+                        + (f" ms, {row['outcome']}" + (f" ({guess!r} -> {t.transcript!r})" if guess else "")
+                           if on else " ms"))
     finally:
         pipe.stt = inner
         pipe.settings = saved
