@@ -260,8 +260,7 @@ class WhisperCppSTT(BaseBackend):
 
         `partial`: the cheap parameters of a streaming partial (shortened encoder context, one
         segment, no timestamps, a token cap) and decode loops trimmed; else those of
-        :meth:`transcribe`. `offset`: seconds added to the segment times. `n_threads`: instead of STT_THREADS.
-        """
+        :meth:`transcribe`. `offset`: seconds added to the segment times. `n_threads`: instead of STT_THREADS."""
         self.load()
         n_real = len(samples)
         if len(samples) < int(PAD_TO_S * SR):  # whisper.cpp returns nothing for input under 1 s
