@@ -131,24 +131,35 @@ async def ws_first_audio(srv: Server, key: str | None) -> dict:
         await asyncio.wait_for(reader, 300)
     m = turns[finals[-1][0]]
     end = min(state["stop"], m.get("speech_end", state["stop"]))
+    speech_done = t0 + LEAD_S + len(a) / 16000  # when the clip's last sample was sent
     return {"ms": (m["audio"] - end) * 1000.0, "after_final_ms": (m["audio"] - m["final"]) * 1000.0,
+            "after_speech_ms": (m["audio"] - speech_done) * 1000.0,
             "server_ms": m["chunk_t_ms"] - m["final_t_ms"], "transcript": " ".join(t for _, t in finals)}
+
+
+def clip_onset_s() -> float:
+    """Where the page's level meter sees the clip start: its first 20 ms frame above -45 dBFS (the
+    page's onset rule, app.js micLevel)."""
+    a = load_audio(CLIP, 16000).samples
+    frames = a[: len(a) // 320 * 320].reshape(-1, 320)
+    loud = np.flatnonzero(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12) > -45)
+    return float(loud[0]) * 0.02 if len(loud) else 0.0
 
 
 def page_now(page) -> float:
     return float(page.evaluate("() => performance.now()"))
 
 
-def hold_for_question(page, onset_ms: float, speech_s: float) -> None:
-    """Press-to-talk around the question that starts at `onset_ms` (page clock): press shortly before
+def hold_for_question(page, start_ms: float, speech_s: float) -> None:
+    """Press-to-talk around the clip that starts at `start_ms` (page clock): press shortly before
     it, release 0.4 s after it ends — the same audio the /v1/voice client sends."""
     talk = page.locator("#talk")
     talk.hover()
-    wait_s = (onset_ms - page_now(page)) / 1000.0 - 0.35
+    wait_s = (start_ms - page_now(page)) / 1000.0 - 0.35
     if wait_s > 0:
         time.sleep(wait_s)
     page.mouse.down()
-    time.sleep(max(0.0, (onset_ms - page_now(page)) / 1000.0 + speech_s + 0.4))
+    time.sleep(max(0.0, (start_ms - page_now(page)) / 1000.0 + speech_s + 0.4))
     page.mouse.up()
 
 
@@ -163,11 +174,17 @@ def page_spoken_turn(page, loop_s: float, speech_s: float, timeout_s: float) -> 
     s = stats(page)
     first = s["micOnsets"][0]
     loops = max(0, int((page_now(page) + 600.0 - first) // (loop_s * 1000.0)) + 1)
-    hold_for_question(page, first + loops * loop_s * 1000.0, speech_s)
+    onset = first + loops * loop_s * 1000.0
+    hold_for_question(page, onset - clip_onset_s() * 1000.0, speech_s)  # the clip's start, its end + 0.4 s
     wait(page, f"() => window.svStats.turnsDone > {s['turnsDone']} "
                f"&& window.svStats.firstAudio.length > {len(s['firstAudio'])}", timeout_s)
     after = settle(page, timeout_s)
-    return after["firstAudio"][-1]
+    fa = dict(after["firstAudio"][-1])
+    # the user's end of speech: the clip's last sample reached the page (the onset is where the
+    # level meter saw the clip start)
+    fa["after_speech_ms"] = fa["at"] - (onset + (speech_s - clip_onset_s()) * 1000.0)
+    fa["stop_after_speech_ms"] = after["lastStopAt"] - (onset + (speech_s - clip_onset_s()) * 1000.0)
+    return fa
 
 
 def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken_check,
@@ -206,7 +223,8 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
             talk.hover()
             page.mouse.down()
             wait(page, "() => window.svStats.micOnsets.length > 0", 30)
-            time.sleep(max(0.0, (stats(page)["micOnsets"][0] - page_now(page)) / 1000.0 + speech_s + 0.4))
+            clip_end_ms = stats(page)["micOnsets"][0] + (speech_s - clip_onset_s()) * 1000.0
+            time.sleep(max(0.0, (clip_end_ms - page_now(page)) / 1000.0 + 0.4))
             page.mouse.up()
             wait(page, "() => window.svStats.turnsDone >= 1 && window.svStats.chunksScheduled > 0 "
                        "&& window.svStats.firstAudio.length > 0", timeout_s)
@@ -273,7 +291,7 @@ def run_page(srv: Server, tmp_path, *, key: str | None, timeout_s: float, spoken
                 page.keyboard.press("Enter")
                 assert talk.get_attribute("aria-pressed") == "false"
 
-            time.sleep(0.3)
+            settle(page, timeout_s)  # the last utterance's final and answer shown, not "…"
             shot = tmp_path / "voice-page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
@@ -296,14 +314,14 @@ def report_first_audio(measured: list[tuple[dict, dict]]) -> None:
     benchmark). Medians over the pairs: the server's own time varies from turn to turn on a busy box."""
     print(f"\nfirst audio of the same spoken question, page vs /v1/voice, {len(measured)} pairs in this run:")
     for i, (p, v) in enumerate(measured):
-        print(f"  pair {i + 1}: end of turn -> first audio page {p['ms']:.0f} ms, /v1/voice {v['ms']:.0f} ms "
-              f"(of which end of turn -> final: page {p['ms'] - p['after_final_ms']:.0f} ms, /v1/voice "
-              f"{v['ms'] - v['after_final_ms']:.0f} ms); final -> first audio page {p['after_final_ms']:.0f} ms, "
-              f"/v1/voice {v['after_final_ms']:.0f} ms")
-    for what, key_ in (("end of the turn", "ms"), ("final transcript", "after_final_ms")):
+        print(f"  pair {i + 1}: end of speech -> first audio page {p['after_speech_ms']:.0f} ms, /v1/voice "
+              f"{v['after_speech_ms']:.0f} ms; final transcript -> first audio page {p['after_final_ms']:.0f} ms, "
+              f"/v1/voice {v['after_final_ms']:.0f} ms (the page released the button "
+              f"{p['stop_after_speech_ms']:.0f} ms after the end of speech, the client sent stop after 400 ms)")
+    for what, key_ in (("the end of speech", "after_speech_ms"), ("the final transcript", "after_final_ms")):
         p = float(np.median([m[0][key_] for m in measured]))
         v = float(np.median([m[1][key_] for m in measured]))
-        print(f"median first audio after the {what}: page {p:.0f} ms, /v1/voice {v:.0f} ms, "
+        print(f"median first audio after {what}: page {p:.0f} ms, /v1/voice {v:.0f} ms, "
               f"page - voice = {p - v:+.0f} ms, page / voice = {p / v:.2f} (goal: within 10 %)")
     # what each client adds on top of the server's own final -> first audio (event times)
     for name, i in (("page", 0), ("/v1/voice", 1)):

@@ -390,7 +390,7 @@
     stats.scheduledSeconds += ab.duration;
     if (t.firstAudioMs == null && t.origin) {
       t.firstAudioMs = performance.now() - t.origin.t;
-      stats.firstAudio.push({ request_id: t.rid, ms: t.firstAudioMs, from: t.origin.kind,
+      stats.firstAudio.push({ request_id: t.rid, ms: t.firstAudioMs, from: t.origin.kind, at: performance.now(),
                               after_final_ms: t.finalAt != null ? performance.now() - t.finalAt : null,
                               server_ms: t.ev.final != null ? t.ev.first_audio - t.ev.final : null,
                               frame_ms: performance.now() - t.chunkAt });
@@ -503,6 +503,7 @@
     $("talk").setAttribute("aria-pressed", "false");
     $("talklabel").textContent = "Hold to talk";
     if (!sendStop) return;
+    stats.lastStopAt = performance.now();
     if (utterance) {
       const t = turnView(utterance);
       if (!t.origin) t.origin = { t: performance.now(), kind: "stop" };
