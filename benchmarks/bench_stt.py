@@ -2,6 +2,7 @@
 
     python benchmarks/bench_stt.py [--profile dev] [--model ggml-base.bin] [--language ja]
                                    [--clip examples/audio/question_ja.wav] [--threads 2] [--rounds 9]
+    python benchmarks/bench_stt.py --compare-final [--rounds 2] [--also ggml-base.bin] [--margins]
 
 Batch: wall time of ``WhisperCppSTT.transcribe(Audio)`` (what VoicePipeline calls: silence check,
 parameter setup, decode, marker dropping, segment conversion, language lookup) vs
@@ -140,6 +141,9 @@ def main(argv=None) -> int:
                          "full context vs fitted context vs faster-whisper base int8, time and WER / CER "
                          "(spark_voice.bench.turn_compare.compare_final; faster-whisper from the bench extra)")
     ap.add_argument("--margins", action="store_true", help="with --compare-final: also sweep STT_FINAL_CTX_MARGIN_S")
+    ap.add_argument("--also", action="append", default=[], metavar="MODEL",
+                    help="with --compare-final: also decode with this ggml file (fitted context), e.g. "
+                         "ggml-base.bin or ggml-base-q5_0.bin; repeatable")
     args = ap.parse_args(argv)
 
     import spark_voice  # noqa: F401  (sets OMP_WAIT_POLICY before pywhispercpp loads)
@@ -194,17 +198,34 @@ def main(argv=None) -> int:
 
 def compare_final(stt, settings, args) -> int:
     from spark_voice.audio.io import atomic_write_bytes
+    from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
+    from spark_voice.backends.whisper.recognizer import FINAL_MIN_CTX
     from spark_voice.bench import turn_compare as bt
 
     clips = {n: (a, bt.CLIP_TEXTS[n], n.rsplit("_", 1)[-1]) for n in bt.CLIP_TEXTS if (a := bt.load_clip(n))}
+    if len(clips) < len(bt.CLIP_TEXTS):
+        print(f"warning: only {len(clips)} of the {len(bt.CLIP_TEXTS)} bundled clips under {bt.CLIPS}")
     clips.update(bt.synth_clips(settings, settings.stt_threads))
-    print(f"STT final decode: {len(clips)} clips, {args.rounds} round(s), {stt.n_threads} threads, "
-          f"{Path(str(stt.model_path)).name}, margin {stt.final_ctx_margin_s} s")
-    report = {"final": bt.compare_final(stt, clips, rounds=args.rounds, threads=stt.n_threads)}
+    others = []
+    for name in args.also:  # the same settings, another ggml file
+        other = WhisperCppSTT.from_settings(settings.model_copy(update={"stt_model": name}))
+        other.load()
+        others.append(other)
+    load_before = os.getloadavg()
+    print(f"STT final decode: {len(clips)} clips, {args.rounds} round(s), {stt.n_threads} threads for every "
+          f"decoder, greedy; {Path(str(stt.model_path)).name} full + fitted"
+          f"{''.join(f', {Path(str(o.model_path)).name} fitted' for o in others)}; margin "
+          f"{stt.final_ctx_margin_s} s, at least {FINAL_MIN_CTX} frames; load average {load_before[0]:.2f}")
+    report = {"final": bt.compare_final(stt, clips, rounds=args.rounds, threads=stt.n_threads, others=others),
+              "loadavg_before": load_before}
     if args.margins:
         report["margins"] = bt.margin_sweep(stt, clips)
     for line in bt.format_compare({"stt_final": report["final"]}):
         print(line)
+    report["loadavg_after"] = os.getloadavg()
+    print(f"load average after: {report['loadavg_after'][0]:.2f}")
+    for o in others:
+        o.close()
     stt.close()
     if args.json:
         atomic_write_bytes(args.json, json.dumps(report, ensure_ascii=False, indent=2).encode("utf-8"))

@@ -164,3 +164,32 @@ def test_paced_stream_holds_frames_to_real_time_until_the_final(monkeypatch):
     for _ in range(50):  # after the final: no pacing (a live session's turn would already run)
         s.feed(frame)
     assert len(sleeps) == 5
+
+
+def test_compare_paths_mock_pairs_and_fairness(mock_settings):
+    """`bench --compare` (a, c) on the mock pipeline: the bundled clips are found, old and new run
+    on each clip in each round, each pair is marked comparable or excluded with a reason, and the
+    Japanese first-audio ratio is also given over the comparable pairs only."""
+    from spark_voice.bench import turn_compare as bt
+    from spark_voice.pipeline import VoicePipeline
+    from spark_voice.types import Audio
+
+    missing = [n for n in bt.CLIP_TEXTS if bt.load_clip(n) is None]
+    assert not missing, f"bundled clips not found under {bt.CLIPS}: {missing}"
+    pipe = VoicePipeline.from_settings(mock_settings)
+    pipe.load()
+    tail = np.zeros(int(bt.TAIL_S * 16000), np.float32)
+    clips = {n: Audio(np.concatenate([bt.load_clip(n).samples, tail]), 16000) for n in ("question_ja", "pause_ja")}
+    lines: list[str] = []
+    out = bt.compare_paths(pipe, mock_settings, clips, rounds=2, paced=None, printer=lines.append)
+    rows = out["turns"]
+    assert len(rows) == 8 and {(r["clip"], r["path"]) for r in rows} == {
+        (c, p) for c in clips for p in ("old", "new")}
+    assert all(isinstance(r["comparable"], bool) and r["answer_chars"] > 0 for r in rows)
+    for x in out["excluded_pairs"]:
+        assert x["reason"] and any(x["clip"] in line and "not comparable" in line for line in lines)
+    fa = out["ja"]["first_audio"]
+    assert {"old_p50", "new_p50", "ratio", "fair_old_p50", "fair_new_p50", "fair_ratio", "fair_turns"} <= set(fa)
+    assert fa["fair_turns"] == sum(1 for r in rows if r["comparable"] and r["path"] == "new")
+    text = "\n".join(bt.format_compare({"paths": out}))
+    assert "Japanese" in text and "early cut-offs" in text

@@ -27,7 +27,8 @@ def read_ggml(path):
     pos += 4
     for _ in range(n_tok):
         pos += 4 + struct.unpack_from("<i", data, pos)[0]
-    sizes = {0: 4, 1: 2}
+    from spark_voice.models.ggml import GGML_BLOCKS
+
     tensors = {}
     while pos < len(data):
         n_dims, n_len, ttype = struct.unpack_from("<3i", data, pos)
@@ -36,7 +37,8 @@ def read_ggml(path):
         name = bytes(data[pos:pos + n_len]).decode()
         pos += n_len
         n = int(np.prod(ne))
-        pos += n * sizes[ttype] if ttype in sizes else n // 32 * 34  # q8_0
+        per, nbytes = GGML_BLOCKS[ttype]
+        pos += n // per * nbytes
         tensors[name] = (ne, ttype)
     assert pos == len(data)
     return head[1:], (n_mel, n_fft), n_tok, tensors
@@ -79,15 +81,37 @@ def test_find_unknown_model():
         find_ct2_whisper("large-v9")
 
 
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+# dtype -> (hparams ftype, ggml type of the matrices)
+FTYPES = {"f16": (1, 1), "q8_0": (2007, 8), "q5_0": (2008, 6), "q5_1": (2009, 7), "q4_0": (2002, 2)}
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q5_0", "q5_1", "q4_0"])
+def test_quantisers_match_ggml_reference(dtype):
+    """Our numpy quantisers write the same bytes as gguf-py's port of ggml's reference ones."""
+    need_module("gguf", "convert")
+    from gguf import GGMLQuantizationType, quants
+
+    from spark_voice.models import convert_whisper as cw
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((8, 512)) * 0.05).astype(np.float32)
+    x[0, :32] = 0.0     # an all-zero block (scale 0)
+    x[1, :32] = 0.02    # a constant block
+    x[2, 5] = -1.5      # an outlier with a negative sign
+    ours = cw._QUANTISERS[FTYPES[dtype][1]](x)
+    ref = quants.quantize(x, GGMLQuantizationType[dtype.upper()])
+    assert ours.tobytes() == np.ascontiguousarray(ref).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8_0", "q5_0"])
 def test_tiny_en_layout(tmp_path, dtype):
     out = convert_ct2_whisper(ct2_dir("tiny.en", tmp_path), tmp_path / f"tiny.en-{dtype}.bin", dtype)
     assert not list(tmp_path.glob("*.tmp"))
     hp, mel, n_tok, tensors = read_ggml(out)
-    assert hp == (51864, 1500, 384, 6, 4, 448, 384, 6, 4, 80, 1 if dtype == "f16" else 2007)
+    assert hp == (51864, 1500, 384, 6, 4, 448, 384, 6, 4, 80, FTYPES[dtype][0])
     assert mel == (80, 201) and n_tok == 50256
     assert len(tensors) == 7 + 15 * 4 + 4 + 24 * 4
-    big = 1 if dtype == "f16" else 8
+    big = FTYPES[dtype][1]
     assert tensors["encoder.conv1.bias"] == ((1, 384), 0)
     assert tensors["encoder.conv1.weight"] == ((3, 80, 384), 1)
     assert tensors["encoder.positional_embedding"] == ((384, 1500), 0)
@@ -98,7 +122,7 @@ def test_tiny_en_layout(tmp_path, dtype):
     assert "encoder.blocks.0.attn.key.bias" not in tensors
 
 
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f16", "q8_0", "q5_0"])
 def test_tiny_en_transcribes(tmp_path, en_speech, dtype):
     out = convert_ct2_whisper(ct2_dir("tiny.en", tmp_path), tmp_path / "tiny.en.bin", dtype)
     text = transcribe(out, en_speech)

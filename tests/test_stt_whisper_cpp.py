@@ -352,20 +352,21 @@ def test_prepare_stt_skips_present_files(tmp_path):
     from spark_voice.models.prepare_stt import prepare_stt
 
     real = ROOT / "models" / "stt"
-    need((real / "ggml-base.bin").is_file(),
-         "models/stt/ggml-base.bin missing: run `spark-voice models prepare --small`")
+    for name in ("ggml-base.bin", "ggml-base-q8_0.bin"):
+        need((real / name).is_file(), f"models/stt/{name} missing: run `spark-voice models prepare --small`")
     try:
         convert_whisper.find_ct2_whisper("tiny.en")
     except FileNotFoundError as exc:
         need(False, str(exc))
     stt_dir = tmp_path / "stt"
     stt_dir.mkdir()
-    os.link(real / "ggml-base.bin", stt_dir / "ggml-base.bin")  # present: must not be converted again
+    for name in ("ggml-base.bin", "ggml-base-q8_0.bin"):  # present: must not be converted again
+        os.link((real / name).resolve(), stt_dir / name)
     (stt_dir / "ggml-tiny.en.bin").write_bytes(b"lmgg" + b"\0" * 1000)  # a cut file: converted again
     lines: list[str] = []
     paths = prepare_stt(tmp_path, log=lines.append)
-    assert [p.name for p in paths] == ["ggml-tiny.en.bin", "ggml-base.bin", "silero_vad.onnx",
-                                       "smart-turn-v3.2-cpu.onnx"]
+    assert [p.name for p in paths] == ["ggml-tiny.en.bin", "ggml-base.bin", "ggml-base-q8_0.bin",
+                                       "silero_vad.onnx", "smart-turn-v3.2-cpu.onnx"]
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert any("ggml-tiny.en.bin is not usable" in x for x in lines)
     assert any("converting whisper tiny.en" in x for x in lines)
@@ -374,5 +375,5 @@ def test_prepare_stt_skips_present_files(tmp_path):
     assert oct((stt_dir / "silero_vad.onnx").stat().st_mode & 0o777) == "0o644"
     lines.clear()
     prepare_stt(tmp_path, log=lines.append)
-    assert len(lines) == 4 and all("already present" in x for x in lines)
+    assert len(lines) == 5 and all("already present" in x for x in lines)
     assert not list(stt_dir.glob("*.tmp"))

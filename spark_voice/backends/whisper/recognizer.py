@@ -64,10 +64,12 @@ SR = SAMPLE_RATE_STT
 PAD_TO_S = 1.05            # whisper.cpp skips input shorter than 1 s: pad short input with zeros
 PARTIAL_MIN_CTX = 384      # encoder frames (20 ms each) for partial decodes, at least ...
 PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to 64 frames
-# Fitted finals: at least 512 encoder frames (10.24 s). Measured on 12 clips of our voices (6 en, 6 ja,
-# 1.3-5 s): 384 frames raised the Japanese CER from 0.049 to 0.107 (駅まで -> エキマで), 512 and more
-# matched the full 1500-frame decode (WER en 0.062, CER ja 0.049); see README Performance.
-FINAL_MIN_CTX = 512
+# Fitted finals: at least 448 encoder frames (8.96 s). Measured on 30 clips of our voices (12 en, 18 ja,
+# 2.3-5.2 s), f16 and q8_0 base: 384, 448 and 512 frames all matched the full 1500-frame decode in WER
+# en (0.043) and CER ja (0.042; 448: 0.029, 京都 instead of きょうと); an earlier run (12 clips, f16) saw
+# 384 frames raise the Japanese CER from 0.049 to 0.107 (駅まで -> エキマで), so 448 keeps a step of margin
+# over 384. See README Performance.
+FINAL_MIN_CTX = 448
 
 
 def as_audio(audio: AudioInput, sample_rate: int | None) -> Audio:
