@@ -125,6 +125,41 @@ def test_auto_language_is_detected(ja_stt, ja_wav):
     assert cer(JA_TEXT, tr.text) <= 0.20, tr.text
 
 
+def test_encoder_contexts_are_multiples_of_the_flash_attention_padding():
+    """whisper.cpp's flash attention reads audio_ctx rounded up to 256 rows unmasked: every shortened
+    context is a multiple of 256 (or the whole window), so no row is left over from another call."""
+    from spark_voice.backends.whisper import recognizer as r
+
+    assert r.FLASH_ATTN and r.CTX_STEP == 256
+    for secs in (0.0, 1.0, 4.1, 4.2, 9.9, 15.0, 24.0, 25.7, 40.0):
+        for minimum in (r.FINAL_MIN_CTX, r.PARTIAL_MIN_CTX):
+            n = r.ctx_frames(secs, minimum)
+            assert n >= min(1500, minimum) and (n % 256 == 0 or n == 1500), (secs, n)
+            assert n >= min(1500, secs * 50)  # the audio fits
+    stt = r.WhisperCppSTT("unused.bin", final_ctx="fitted", final_ctx_margin_s=1.0)
+    assert stt._final_params("ja", 3.0)["audio_ctx"] == 256
+    assert stt._final_params("ja", 4.5)["audio_ctx"] == 512
+    assert stt._partial_params("ja", 3.0)["audio_ctx"] == 256
+
+
+def test_fitted_final_does_not_depend_on_the_call_before(ja_stt, ja_wav):
+    """The same fitted decode in a fresh context and right after a full-context decode of other
+    audio gives the same text (no stale rows of an earlier call in the attention)."""
+    from spark_voice.audio.io import load_audio
+
+    a = load_audio(ja_wav)
+    saved = ja_stt.final_ctx
+    try:
+        ja_stt.final_ctx = "fitted"
+        first = ja_stt.transcribe(a, "ja").text
+        ja_stt.final_ctx = "full"
+        ja_stt.transcribe(Audio(a.samples[::-1].copy(), a.sample_rate), "ja")  # fills every row
+        ja_stt.final_ctx = "fitted"
+        assert ja_stt.transcribe(a, "ja").text == first
+    finally:
+        ja_stt.final_ctx = saved
+
+
 def test_noise_gives_no_text(ja_stt):
     """Faint room noise: whisper base writes a YouTube outro here; the VAD check drops it."""
     rng = np.random.default_rng(0)

@@ -62,14 +62,29 @@ log = logging.getLogger("spark_voice.stt")
 
 SR = SAMPLE_RATE_STT
 PAD_TO_S = 1.05            # whisper.cpp skips input shorter than 1 s: pad short input with zeros
-PARTIAL_MIN_CTX = 384      # encoder frames (20 ms each) for partial decodes, at least ...
-PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to 64 frames
-# Fitted finals: at least 448 encoder frames (8.96 s). Measured on 30 clips of our voices (12 en, 18 ja,
-# 2.3-5.2 s), f16 and q8_0 base: 384, 448 and 512 frames all matched the full 1500-frame decode in WER
-# en (0.043) and CER ja (0.042; 448: 0.029, 京都 instead of きょうと); an earlier run (12 clips, f16) saw
-# 384 frames raise the Japanese CER from 0.049 to 0.107 (駅まで -> エキマで), so 448 keeps a step of margin
-# over 384. See README Performance.
-FINAL_MIN_CTX = 448
+# Shortened encoder contexts (audio_ctx) are multiples of CTX_STEP. whisper.cpp runs with flash
+# attention (FLASH_ATTN, also its default): the encoder self-attention and the decoder
+# cross-attention then read GGML_PAD(audio_ctx, 256) keys and values *without a mask*, so with any
+# other audio_ctx the rows past it hold whatever an earlier decode left there (whisper.cpp 1.8 as
+# vendored by pywhispercpp 1.5.1, src/whisper.cpp: n_ctx_pad / n_audio_ctx_pad). That made fitted
+# decodes depend on the previous call: 448 frames turned 駅まで into エキマで right after a full decode
+# and not in a fresh context. Rounding up to 256 keeps every row that is read written by this decode.
+FLASH_ATTN = True
+CTX_STEP = 256
+PARTIAL_MIN_CTX = 256      # encoder frames (20 ms each) for partial decodes, at least ...
+PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to CTX_STEP
+# Fitted finals: at least FINAL_MIN_CTX encoder frames, the utterance plus STT_FINAL_CTX_MARGIN_S
+# rounded up to CTX_STEP. On 30 clips of our voices (12 en, 18 ja, 2.3-5.2 s), f16 and q8_0 base,
+# 256 and 512 frames gave the same WER en (0.043, as the full decode) and CER ja (0.042; full 0.029:
+# one clip wrote 京都 in kana / other kanji); 256 decoded 27 % faster. The 384 / 448 frames tried
+# before went wrong for the stale-row reason above, not for the shorter context. README Performance.
+FINAL_MIN_CTX = 256
+
+
+def ctx_frames(seconds: float, minimum: int) -> int:
+    """Encoder frames (50 per second) covering `seconds`, a multiple of CTX_STEP (see there), at
+    least `minimum`, at most whisper's whole window (1500; its padding rows are never written)."""
+    return min(1500, max(minimum, math.ceil(seconds * 50 / CTX_STEP) * CTX_STEP))
 
 
 def as_audio(audio: AudioInput, sample_rate: int | None) -> Audio:
@@ -178,7 +193,8 @@ class WhisperCppSTT(BaseBackend):
         with capture_log() as errors:
             try:
                 # the path exists, so pywhispercpp never treats it as a model name to download
-                model = Model(str(self.model_path.resolve()), context_params={"use_gpu": self.use_gpu},
+                model = Model(str(self.model_path.resolve()),
+                              context_params={"use_gpu": self.use_gpu, "flash_attn": FLASH_ATTN},
                               **self._full_params(self.language))
             except Exception as exc:
                 raise ModelNotFound(f"STT_MODEL: {self.model_path} is not a loadable whisper.cpp model "
@@ -229,9 +245,9 @@ class WhisperCppSTT(BaseBackend):
 
     def fitted_ctx(self, seconds: float, margin_s: float | None = None) -> int:
         """Encoder frames (20 ms each) for a final of `seconds`: the audio plus a margin, rounded up to
-        64, at least FINAL_MIN_CTX, at most 1500 (whisper's whole window)."""
+        CTX_STEP, at least FINAL_MIN_CTX, at most 1500 (whisper's whole window)."""
         margin = self.final_ctx_margin_s if margin_s is None else margin_s
-        return min(1500, max(FINAL_MIN_CTX, math.ceil((seconds + margin) * 50 / 64) * 64))
+        return ctx_frames(seconds + margin, FINAL_MIN_CTX)
 
     def _final_params(self, language: str, seconds: float) -> dict[str, Any]:
         """A whole-file / final decode: full context, or (STT_FINAL_CTX=fitted) an encoder context
@@ -243,7 +259,7 @@ class WhisperCppSTT(BaseBackend):
         return p
 
     def _partial_params(self, language: str, seconds: float) -> dict[str, Any]:
-        ctx = min(1500, max(PARTIAL_MIN_CTX, math.ceil((seconds + PARTIAL_MARGIN_S) * 50 / 64) * 64))
+        ctx = ctx_frames(seconds + PARTIAL_MARGIN_S, PARTIAL_MIN_CTX)
         p = self._full_params(language)
         p.update(single_segment=True, no_timestamps=True, audio_ctx=ctx, temperature_inc=0.0,
                  max_tokens=int(seconds * 12) + 16)
