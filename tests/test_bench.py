@@ -186,6 +186,15 @@ def test_compare_paths_mock_pairs_and_fairness(mock_settings):
     assert len(rows) == 8 and {(r["clip"], r["path"]) for r in rows} == {
         (c, p) for c in clips for p in ("old", "new")}
     assert all(isinstance(r["comparable"], bool) and r["answer_chars"] > 0 for r in rows)
+    # the two paths really differ: fixed silence on today's path, the (mock) turn model on the new one
+    assert {r["end_reason"] for r in rows if r["path"] == "old"} == {"silence"}
+    assert {r["end_reason"] for r in rows if r["path"] == "new"} <= {"complete", "timeout"}
+    engine = bt._stt_backend(pipe)
+    assert engine.end_of_turn is not None  # left on the new path
+    from spark_voice.bench.clips import PacedSTT
+
+    pipe.stt = PacedSTT(pipe.stt)  # at real-time pace (bench --compare) the variants reach the same engine
+    assert bt._stt_backend(pipe) is engine
     for x in out["excluded_pairs"]:
         assert x["reason"] and any(x["clip"] in line and "not comparable" in line for line in lines)
     fa = out["ja"]["first_audio"]

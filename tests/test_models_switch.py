@@ -339,3 +339,22 @@ def test_cli_use_invalid_exit_code_and_rollback(home, capsys):
     assert run_cli("models", "rollback", "stt", "--json") == 0
     assert json.loads(capsys.readouterr().out)["value"] is None
     assert run_cli("models", "rollback", "stt") == 2
+
+
+def test_dev_profile_quantised_whisper_switch_and_rollback(home):
+    """The dev profile uses the q8_0 whisper base that `models prepare --small` writes; `models use stt
+    ggml-base.bin` puts the f16 one in .env (it beats the profile preset), rollback returns to q8_0."""
+    write_whisper(home / "models" / "stt" / "ggml-base-q8_0.bin", ftype=2007)
+
+    def dev() -> Settings:
+        return Settings.load(home, environ={}, profile="dev")
+
+    assert dev().stt_model == "ggml-base-q8_0.bin" and dev().sources["stt_model"] == "profile dev"
+    info = mi.validate("stt", dev().model_path("stt"))
+    assert info.quantization == "Q8_0"
+    r = switch.use_model(dev(), "stt", "ggml-base.bin")
+    assert (r.value, r.previous) == ("ggml-base.bin", None)
+    assert dev().stt_model == "ggml-base.bin" and dev().sources["stt_model"] == ".env"
+    back = switch.rollback(dev(), "stt")
+    assert back.value is None and dev().stt_model == "ggml-base-q8_0.bin"
+    assert settings(home).stt_model == "ggml-base.bin"  # prod keeps the f16 file

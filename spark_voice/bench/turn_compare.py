@@ -29,6 +29,7 @@ from ..audio.io import load_audio
 from ..backends.registry import unwrap
 from ..types import SAMPLE_RATE_STT, Audio
 from .clips import BUNDLED as CLIPS  # examples/audio of the checkout
+from .clips import PacedSTT
 from .floors import llm_cache_reset
 from .scoring import cer, wer
 
@@ -67,12 +68,14 @@ def load_clip(name: str) -> Audio | None:
 
 
 # ------------------------------------------------------------------ variants of one pipeline
+def _unpaced(stt):
+    """The STT behind a pacing wrapper (spark_voice.bench.clips.PacedSTT), else `stt` itself."""
+    return stt.inner if isinstance(stt, PacedSTT) else stt
+
+
 def _stt_backend(pipe):
-    """The engine behind the pipeline's STT: through a pacing wrapper (`_stt`) and a Fallback (its active one)."""
-    b = getattr(pipe.stt, "_stt", pipe.stt)
-    if hasattr(b, "backends") and hasattr(b, "fallback_count"):
-        b = getattr(b, "active", None) or b.backends[0]
-    return b
+    """The engine behind the pipeline's STT: through a pacing wrapper and a Fallback (its active one)."""
+    return unwrap(_unpaced(pipe.stt))
 
 
 def use_variant(pipe, settings, new: bool) -> None:
@@ -123,12 +126,12 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: C
     """(a) + (c) + early cut-offs: old vs new path on the same clips, alternating. `paced` wraps an STT
     backend so that its streams get audio at real-time pace (spark_voice.bench.PacedSTT)."""
     realtime = paced is not None
-    inner = getattr(pipe.stt, "_stt", pipe.stt)  # not paced twice
+    inner = _unpaced(pipe.stt)  # not paced twice
     pipe.stt = paced(inner) if paced is not None else inner
     rows: list[dict[str, Any]] = []
     # the same transcript must get the same answer on both paths: greedy LLM during the comparison,
     # and a cold prompt every turn (the second path of a pair must not reuse the first one's KV cache)
-    engine = unwrap(pipe.llm) if pipe.llm is not None else None
+    engine: Any = unwrap(pipe.llm) if pipe.llm is not None else None
     temp = getattr(engine, "temperature", None)
     if temp is not None:
         engine.temperature = 0.0
