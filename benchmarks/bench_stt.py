@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-final", action="store_true",
                     help="instead: the final decode of the bundled + held-out clips (our voices), whisper.cpp "
                          "full context vs fitted context vs faster-whisper base int8, time and WER / CER "
-                         "(spark_voice.bench.turn_compare.compare_final; faster-whisper from the bench extra)")
+                         "(spark_voice.bench.stt_compare.compare_final; faster-whisper from the bench extra)")
     ap.add_argument("--margins", action="store_true", help="with --compare-final: also sweep STT_FINAL_CTX_MARGIN_S")
     ap.add_argument("--also", action="append", default=[], metavar="MODEL",
                     help="with --compare-final: also decode with this ggml file (fitted context), e.g. "
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
 def compare_final(stt, settings, args) -> int:
     from spark_voice.audio.io import atomic_write_bytes
     from spark_voice.backends.stt_whisper_cpp import WhisperCppSTT
-    from spark_voice.backends.whisper.recognizer import FINAL_MIN_CTX
+    from spark_voice.backends.whisper.windowing import FINAL_MIN_CTX
     from spark_voice.bench import turn_compare as bt
 
     clips = {n: (a, bt.CLIP_TEXTS[n], n.rsplit("_", 1)[-1]) for n in bt.CLIP_TEXTS if (a := bt.load_clip(n))}

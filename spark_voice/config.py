@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     tts_piper_dir: Path = Path("./models/tts/piper")
     tts_kokoro_dir: Path = Path("./models/tts/kokoro-ja")
     tts_chunk_rule: Literal["eager", "sentence"] = "eager"
-    tts_chunk_first_max: float = Field(20.0, ge=4.0, le=1000.0)
+    tts_chunk_first_max: float = Field(12.0, ge=4.0, le=1000.0)
     tts_chunk_max: float = Field(40.0, ge=4.0, le=1000.0)
     tts_chunk_force_ms: int = Field(1200, ge=0, le=60_000)
 

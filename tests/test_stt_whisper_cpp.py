@@ -128,15 +128,16 @@ def test_auto_language_is_detected(ja_stt, ja_wav):
 def test_encoder_contexts_are_multiples_of_the_flash_attention_padding():
     """whisper.cpp's flash attention reads audio_ctx rounded up to 256 rows unmasked: every shortened
     context is a multiple of 256 (or the whole window), so no row is left over from another call."""
-    from spark_voice.backends.whisper import recognizer as r
+    from spark_voice.backends.whisper import windowing as w
+    from spark_voice.backends.whisper.recognizer import WhisperCppSTT
 
-    assert r.FLASH_ATTN and r.CTX_STEP == 256
+    assert w.FLASH_ATTN and w.CTX_STEP == 256
     for secs in (0.0, 1.0, 4.1, 4.2, 9.9, 15.0, 24.0, 25.7, 40.0):
-        for minimum in (r.FINAL_MIN_CTX, r.PARTIAL_MIN_CTX):
-            n = r.ctx_frames(secs, minimum)
+        for minimum in (w.FINAL_MIN_CTX, w.PARTIAL_MIN_CTX):
+            n = w.ctx_frames(secs, minimum)
             assert n >= min(1500, minimum) and (n % 256 == 0 or n == 1500), (secs, n)
             assert n >= min(1500, secs * 50)  # the audio fits
-    stt = r.WhisperCppSTT("unused.bin", final_ctx="fitted", final_ctx_margin_s=1.0)
+    stt = WhisperCppSTT("unused.bin", final_ctx="fitted", final_ctx_margin_s=1.0)
     assert stt._final_params("ja", 3.0)["audio_ctx"] == 256
     assert stt._final_params("ja", 4.5)["audio_ctx"] == 512
     assert stt._partial_params("ja", 3.0)["audio_ctx"] == 256

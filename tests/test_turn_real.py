@@ -11,7 +11,7 @@ import pytest
 
 from conftest import EXAMPLES, ROOT, cer, need, need_module, wer
 from spark_voice.backends.base import Audio
-from spark_voice.backends.whisper.recognizer import CTX_STEP, FINAL_MIN_CTX
+from spark_voice.backends.whisper.windowing import CTX_STEP, FINAL_MIN_CTX
 
 pytestmark = pytest.mark.real
 SR = 16000

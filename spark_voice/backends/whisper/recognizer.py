@@ -29,7 +29,6 @@ whisper.cpp's log lines are handled by :mod:`.native`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -50,7 +49,7 @@ from ..base import BaseBackend
 from .filters import is_hallucination, join_texts, trim_repeats
 from .native import capture_log, check_omp_policy, has_cuda, import_pywhispercpp
 from .streaming import WhisperCppStream
-from .windowing import WINDOW_S, is_silent, plan_windows
+from .windowing import FLASH_ATTN, WINDOW_S, final_frames, is_silent, partial_frames, plan_windows
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -62,29 +61,6 @@ log = logging.getLogger("spark_voice.stt")
 
 SR = SAMPLE_RATE_STT
 PAD_TO_S = 1.05            # whisper.cpp skips input shorter than 1 s: pad short input with zeros
-# Shortened encoder contexts (audio_ctx) are multiples of CTX_STEP. whisper.cpp runs with flash
-# attention (FLASH_ATTN, also its default): the encoder self-attention and the decoder
-# cross-attention then read GGML_PAD(audio_ctx, 256) keys and values *without a mask*, so with any
-# other audio_ctx the rows past it hold whatever an earlier decode left there (whisper.cpp 1.8 as
-# vendored by pywhispercpp 1.5.1, src/whisper.cpp: n_ctx_pad / n_audio_ctx_pad). That made fitted
-# decodes depend on the previous call: 448 frames turned 駅まで into エキマで right after a full decode
-# and not in a fresh context. Rounding up to 256 keeps every row that is read written by this decode.
-FLASH_ATTN = True
-CTX_STEP = 256
-PARTIAL_MIN_CTX = 256      # encoder frames (20 ms each) for partial decodes, at least ...
-PARTIAL_MARGIN_S = 1.0     # ... the utterance plus this margin, rounded up to CTX_STEP
-# Fitted finals: at least FINAL_MIN_CTX encoder frames, the utterance plus STT_FINAL_CTX_MARGIN_S
-# rounded up to CTX_STEP. On 30 clips of our voices (12 en, 18 ja, 2.3-5.2 s), f16 and q8_0 base,
-# 256 and 512 frames gave the same WER en (0.043, as the full decode) and CER ja (0.042; full 0.029:
-# one clip wrote 京都 in kana / other kanji); 256 decoded 27 % faster. The 384 / 448 frames tried
-# before went wrong for the stale-row reason above, not for the shorter context. README Performance.
-FINAL_MIN_CTX = 256
-
-
-def ctx_frames(seconds: float, minimum: int) -> int:
-    """Encoder frames (50 per second) covering `seconds`, a multiple of CTX_STEP (see there), at
-    least `minimum`, at most whisper's whole window (1500; its padding rows are never written)."""
-    return min(1500, max(minimum, math.ceil(seconds * 50 / CTX_STEP) * CTX_STEP))
 
 
 def as_audio(audio: AudioInput, sample_rate: int | None) -> Audio:
@@ -247,7 +223,7 @@ class WhisperCppSTT(BaseBackend):
         """Encoder frames (20 ms each) for a final of `seconds`: the audio plus a margin, rounded up to
         CTX_STEP, at least FINAL_MIN_CTX, at most 1500 (whisper's whole window)."""
         margin = self.final_ctx_margin_s if margin_s is None else margin_s
-        return ctx_frames(seconds + margin, FINAL_MIN_CTX)
+        return final_frames(seconds + margin)
 
     def _final_params(self, language: str, seconds: float) -> dict[str, Any]:
         """A whole-file / final decode: full context, or (STT_FINAL_CTX=fitted) an encoder context
@@ -259,7 +235,7 @@ class WhisperCppSTT(BaseBackend):
         return p
 
     def _partial_params(self, language: str, seconds: float) -> dict[str, Any]:
-        ctx = ctx_frames(seconds + PARTIAL_MARGIN_S, PARTIAL_MIN_CTX)
+        ctx = partial_frames(seconds)
         p = self._full_params(language)
         p.update(single_segment=True, no_timestamps=True, audio_ctx=ctx, temperature_inc=0.0,
                  max_tokens=int(seconds * 12) + 16)
