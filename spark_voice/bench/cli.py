@@ -38,6 +38,9 @@ def add_parser(subparsers: Any, common: Callable[[argparse.ArgumentParser], argp
                         "first audio, Japanese first audio, pause and back-channel clips) and the STT final "
                         "decode (full vs fitted context vs faster-whisper int8); see spark_voice/bench/turn_compare.py")
     p.add_argument("--compare-rounds", type=int, default=3, help="rounds of the --compare turns (default 3)")
+    p.add_argument("--compare-old-stt", default="ggml-base.bin", metavar="MODEL",
+                   help="the whisper file today's path decodes with in --compare (default ggml-base.bin, the dev "
+                        "profile's model when the turn-taking issue was filed; '' = the pipeline's own)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -55,5 +58,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SparkVoiceError("-n must be at least 1")
     report = run_bench(s, n=args.n, samples=args.samples, realtime=args.realtime, out=args.out,
                        floors=not args.no_floors, language=args.language, warmup=max(0, args.warmup),
-                       plot=not args.no_plot, compare=args.compare, compare_rounds=max(1, args.compare_rounds))
+                       plot=not args.no_plot, compare=args.compare, compare_rounds=max(1, args.compare_rounds),
+                       compare_old_stt_model=args.compare_old_stt or None)
     return 1 if report["errors"] == report["n"] else 0

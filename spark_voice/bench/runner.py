@@ -27,7 +27,7 @@ __all__ = ["run_bench"]
 def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, realtime: bool = False,
               out: Path = Path("results"), floors: bool = True, language: str | None = None, warmup: int = 2,
               plot: bool = True, printer: Callable[[str], None] = print, compare: bool = False,
-              compare_rounds: int = 3) -> dict[str, Any]:
+              compare_rounds: int = 3, compare_old_stt_model: str | None = None) -> dict[str, Any]:
     """Run the benchmark and write its files; returns the report (also written as bench.json)."""
     clips = find_clips(samples, language, settings.stt_language)
     pipe = VoicePipeline.from_settings(settings)
@@ -94,7 +94,8 @@ def run_bench(settings: Settings, *, n: int = 15, samples: Path | None = None, r
             printer(f"[{i + 1}/{n}] {rid} {clip.name}: " + ", ".join(
                 f"{m} {lat[m]:.0f}" for m in TURN_METRICS if m in lat) + " ms")
         if compare:
-            comparisons = run_compare(pipe, settings, rounds=compare_rounds, paced=PacedSTT, printer=printer)
+            comparisons = run_compare(pipe, settings, rounds=compare_rounds, paced=PacedSTT, printer=printer,
+                                      old_stt_model=compare_old_stt_model)
             comparisons["speculative"] = run_speculative(pipe, settings, rounds=compare_rounds, paced=PacedSTT,
                                                          printer=printer)
     except KeyboardInterrupt:

@@ -107,12 +107,16 @@ def _turn_metrics(turn) -> dict[str, Any]:
 
 
 def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: Callable[[Any], Any] | None,
-                  printer: Callable[[str], None] = print) -> dict[str, Any]:
+                  printer: Callable[[str], None] = print, old_stt=None) -> dict[str, Any]:
     """(a) + (c) + early cut-offs: old vs new path on the same clips, alternating. `paced` wraps an STT
-    backend so that its streams get audio at real-time pace (spark_voice.bench.PacedSTT)."""
+    backend so that its streams get audio at real-time pace (spark_voice.bench.PacedSTT). `old_stt`:
+    today's path decodes with this engine (the model the dev profile had when the issue was filed),
+    else with the pipeline's own."""
     realtime = paced is not None
     inner = _unpaced(pipe.stt)  # not paced twice
-    pipe.stt = paced(inner) if paced is not None else inner
+    new_stt = paced(inner) if paced is not None else inner
+    old_stt_p = new_stt if old_stt is None else (paced(old_stt) if paced is not None else old_stt)
+    pipe.stt = new_stt
     rows: list[dict[str, Any]] = []
     # the same transcript must get the same answer on both paths: greedy LLM during the comparison,
     # and a cold prompt every turn (the second path of a pair must not reuse the first one's KV cache)
@@ -126,6 +130,7 @@ def compare_paths(pipe, settings, clips: dict[str, Audio], rounds: int, paced: C
             for name, audio in clips.items():
                 order = (False, True) if r % 2 == 0 else (True, False)
                 for new in order:
+                    pipe.stt = new_stt if new else old_stt_p
                     use_variant(pipe, settings, new)
                     pipe.language = name.rsplit("_", 1)[-1]
                     reset_llm()
@@ -222,16 +227,43 @@ def backchannel_check(pipe, settings, question: Audio, backchannel: Audio, langu
 TAIL_S = 2.5  # silence after each clip: longer than STT_TURN_LONG_SILENCE_MS, so no turn ends by end of input
 
 
+def _old_stt(pipe, settings, model: str | None, printer: Callable[[str], None]):
+    """A whisper engine on `model` (a file name under the STT models folder) for today's path, when the
+    pipeline's whisper runs another file; None otherwise (today's path then shares the engine)."""
+    stt = _stt_backend(pipe)
+    if not model or not hasattr(stt, "model_path") or getattr(stt, "is_mock", False) \
+            or stt.model_path.name == model:
+        return None
+    s = settings.model_copy(update={"stt_model": model})
+    if not s.model_path("stt").is_file():
+        printer(f"  today's path: {model} is not under the models folder; both paths decode with "
+                f"{stt.model_path.name}")
+        return None
+    old = type(stt).from_settings(s)
+    old.load()
+    printer(f"  today's path decodes with {model} (as when the issue was filed), the new one with "
+            f"{stt.model_path.name}")
+    return old
+
+
 def run_compare(pipe, settings, *, rounds: int = 3, paced: Callable[[Any], Any] | None = None, final_rounds: int = 2,
-                faster_whisper: bool = True, printer: Callable[[str], None] = print) -> dict[str, Any]:
-    """Everything above on one loaded pipeline; `paced`: see :func:`compare_paths` (None: as fast as possible)."""
+                faster_whisper: bool = True, printer: Callable[[str], None] = print,
+                old_stt_model: str | None = None) -> dict[str, Any]:
+    """Everything above on one loaded pipeline; `paced`: see :func:`compare_paths` (None: as fast as possible);
+    `old_stt_model`: the whisper file today's path decodes with (None: the pipeline's)."""
     clips = {n: a for n in ("question_en", "pause_en", "question_ja", "pause_ja") if (a := load_clip(n)) is not None}
     report: dict[str, Any] = {}
     printer(f"compare (a, c): today's path vs new, {rounds} round(s), "
             f"{'real-time pace' if paced is not None else 'as fast as possible'}")
     tail = np.zeros(int(TAIL_S * SAMPLE_RATE_STT), np.float32)
     padded = {n: Audio(np.concatenate([a.samples, tail]), SAMPLE_RATE_STT) for n, a in clips.items()}
-    report["paths"] = compare_paths(pipe, settings, padded, rounds, paced, printer)
+    old = _old_stt(pipe, settings, old_stt_model, printer)
+    try:
+        report["paths"] = compare_paths(pipe, settings, padded, rounds, paced, printer, old_stt=old)
+    finally:
+        if old is not None:
+            old.close()
+    report["paths"]["old_stt_model"] = old.model_path.name if old is not None else None
     bc = []
     for lang in ("ja", "en"):
         q, b = load_clip(f"question_{lang}"), load_clip(f"backchannel_{lang}")
@@ -250,6 +282,8 @@ def run_compare(pipe, settings, *, rounds: int = 3, paced: Callable[[Any], Any] 
 def format_compare(c: dict[str, Any]) -> list[str]:
     lines = ["", "turn-taking comparisons (one run; ratio = new / today's path):"]
     paths = c.get("paths", {})
+    if paths.get("old_stt_model"):
+        lines.append(f"  today's path decodes with {paths['old_stt_model']} (the model when the issue was filed)")
     for lang, label in (("en", "English"), ("ja", "Japanese")):
         d = paths.get(lang) or {}
         for key, what in (("eos_first_audio", "end of speech -> first audio (endpointing included)"),
