@@ -131,19 +131,29 @@ async def ws_first_audio(srv: Server, key: str | None) -> dict:
         await asyncio.wait_for(reader, 300)
     m = turns[finals[-1][0]]
     end = min(state["stop"], m.get("speech_end", state["stop"]))
-    speech_done = t0 + LEAD_S + len(a) / 16000  # when the clip's last sample was sent
+    speech_done = t0 + LEAD_S + clip_speech_end_s()  # when the clip's last loud frame was sent
     return {"ms": (m["audio"] - end) * 1000.0, "after_final_ms": (m["audio"] - m["final"]) * 1000.0,
             "after_speech_ms": (m["audio"] - speech_done) * 1000.0,
             "server_ms": m["chunk_t_ms"] - m["final_t_ms"], "transcript": " ".join(t for _, t in finals)}
 
 
-def clip_onset_s() -> float:
-    """Where the page's level meter sees the clip start: its first 20 ms frame above -45 dBFS (the
-    page's onset rule, app.js micLevel)."""
+def _loud_frames() -> np.ndarray:
+    """Indices of the clip's 20 ms frames above -45 dBFS (the page's onset rule, app.js micLevel)."""
     a = load_audio(CLIP, 16000).samples
     frames = a[: len(a) // 320 * 320].reshape(-1, 320)
-    loud = np.flatnonzero(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12) > -45)
+    return np.flatnonzero(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12) > -45)
+
+
+def clip_onset_s() -> float:
+    """Where the page's level meter sees the clip start: its first loud frame."""
+    loud = _loud_frames()
     return float(loud[0]) * 0.02 if len(loud) else 0.0
+
+
+def clip_speech_end_s() -> float:
+    """Where the user stops speaking in the clip: the end of its last loud frame."""
+    loud = _loud_frames()
+    return float(loud[-1] + 1) * 0.02 if len(loud) else 0.0
 
 
 def page_now(page) -> float:
@@ -182,8 +192,9 @@ def page_spoken_turn(page, loop_s: float, speech_s: float, timeout_s: float) -> 
     fa = dict(after["firstAudio"][-1])
     # the user's end of speech: the clip's last sample reached the page (the onset is where the
     # level meter saw the clip start)
-    fa["after_speech_ms"] = fa["at"] - (onset + (speech_s - clip_onset_s()) * 1000.0)
-    fa["stop_after_speech_ms"] = after["lastStopAt"] - (onset + (speech_s - clip_onset_s()) * 1000.0)
+    speech_done = onset + (clip_speech_end_s() - clip_onset_s()) * 1000.0  # page clock
+    fa["after_speech_ms"] = fa["at"] - speech_done
+    fa["stop_after_speech_ms"] = after["lastStopAt"] - speech_done
     return fa
 
 
@@ -318,12 +329,14 @@ def report_first_audio(measured: list[tuple[dict, dict]]) -> None:
         print(f"  pair {i + 1}: end of speech -> first audio page {p['after_speech_ms']:.0f} ms, /v1/voice "
               f"{v['after_speech_ms']:.0f} ms; final transcript -> first audio page {p['after_final_ms']:.0f} ms, "
               f"/v1/voice {v['after_final_ms']:.0f} ms (the page released the button "
-              f"{p['stop_after_speech_ms']:.0f} ms after the end of speech, the client sent stop after 400 ms)")
+              f"{p['stop_after_speech_ms']:.0f} ms after the end of speech)")
     for what, key_ in (("the end of speech", "after_speech_ms"), ("the final transcript", "after_final_ms")):
         p = float(np.median([m[0][key_] for m in measured]))
         v = float(np.median([m[1][key_] for m in measured]))
+        per_pair = float(np.median([m[0][key_] / m[1][key_] for m in measured]))
         print(f"median first audio after {what}: page {p:.0f} ms, /v1/voice {v:.0f} ms, "
-              f"page - voice = {p - v:+.0f} ms, page / voice = {p / v:.2f} (goal: within 10 %)")
+              f"page - voice = {p - v:+.0f} ms, page / voice = {p / v:.2f}, median of the pairs' ratios "
+              f"{per_pair:.2f} (goal: within 10 %)")
     # what each client adds on top of the server's own final -> first audio (event times)
     for name, i in (("page", 0), ("/v1/voice", 1)):
         added = float(np.median([m[i]["after_final_ms"] - m[i]["server_ms"] for m in measured]))
