@@ -106,6 +106,19 @@ def dev_settings():
                          TTS_THREADS="2", EMBEDDING_THREADS="2")
 
 
+def dev_server_settings(dev_settings, **over: str):
+    """Dev-profile settings for a server on the real small engines (LLM, STT, TTS at one thread
+    each, so that the three fit the 2 cores side by side; no RAG, English), after checking that
+    the models are prepared."""
+    from spark_voice.config import Settings
+
+    for role in ("llm", "stt"):
+        model_file(dev_settings, role)
+    return Settings.load(ROOT, environ={}, profile="dev", **{"LLM_THREADS": "1", "STT_THREADS": "1",
+                                                             "TTS_THREADS": "1", "RAG_ENABLED": "off",
+                                                             "STT_LANGUAGE": "en", **over})
+
+
 def model_file(settings, role: str) -> Path:
     p = settings.model_path(role)
     need(p.exists(), f"{p} missing: run `spark-voice models prepare --small`")

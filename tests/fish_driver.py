@@ -173,9 +173,8 @@ def main(ckpt: Path, work: Path, out_path: Path) -> None:
     shutil.copytree(ckpt, bad)
     (bad / "model.pth").write_bytes(b"this is not a checkpoint")
 
-    @scenario(out, "worker_load_failure")
-    def _():
-        t = FishTTS(bad, device="cpu", threads=2, codec_config=CODEC_CONFIG, load_timeout=120, **GEN)
+    def load_outcome(t) -> dict:
+        """What load() raised (type, message, seconds, classes), or {"raised": None}."""
         t0 = time.monotonic()
         try:
             t.load()
@@ -184,16 +183,15 @@ def main(ckpt: Path, work: Path, out_path: Path) -> None:
                     "mro": [c.__name__ for c in type(exc).__mro__]}
         return {"raised": None}
 
+    @scenario(out, "worker_load_failure")
+    def _():
+        t = FishTTS(bad, device="cpu", threads=2, codec_config=CODEC_CONFIG, load_timeout=120, **GEN)
+        return load_outcome(t)
+
     @scenario(out, "load_timeout")
     def _():
         t = FishTTS(ckpt, device="cpu", threads=2, codec_config=CODEC_CONFIG, load_timeout=0.05, **GEN)
-        t0 = time.monotonic()
-        try:
-            t.load()
-        except Exception as exc:
-            return {"raised": type(exc).__name__, "message": str(exc), "elapsed": time.monotonic() - t0,
-                    "mro": [c.__name__ for c in type(exc).__mro__]}
-        return {"raised": None}
+        return load_outcome(t)
 
     @scenario(out, "server_fallback")
     def _():

@@ -18,10 +18,9 @@ import pytest
 import websockets
 from test_serve import KEY, Server, settings_for
 
-from conftest import ROOT, model_file
+from conftest import ROOT, dev_server_settings
 from spark_voice.audio.io import load_audio
 from spark_voice.backends.mock import MockLLM, MockSTT, MockTTS
-from spark_voice.config import Settings
 from spark_voice.pipeline import VoicePipeline
 from spark_voice.serve.app import create_app
 
@@ -563,10 +562,7 @@ def test_allowed_origins_setting(tmp_path):
 # ------------------------------------------------------------------------------ real engines
 @pytest.mark.real
 async def test_realtime_real_engines_spoken_question(dev_settings):
-    for role in ("llm", "stt"):
-        model_file(dev_settings, role)
-    s = Settings.load(ROOT, environ={}, profile="dev", LLM_THREADS="1", STT_THREADS="1", TTS_THREADS="1",
-                      RAG_ENABLED="off", STT_LANGUAGE="en")
+    s = dev_server_settings(dev_settings)
     with Server(create_app(s)) as srv:
         srv.wait_ready(timeout=300)
         async with sdk(srv, "x").realtime.connect(model="spark-voice") as conn:
@@ -582,10 +578,7 @@ async def test_realtime_real_engines_spoken_question(dev_settings):
 async def test_realtime_real_engines_function_call(dev_settings):
     """whisper + SmolLM2 + Piper: a spoken question, a client function the model must call (named
     tool_choice: grammar-constrained arguments), its output, then a spoken answer."""
-    for role in ("llm", "stt"):
-        model_file(dev_settings, role)
-    s = Settings.load(ROOT, environ={}, profile="dev", LLM_THREADS="1", STT_THREADS="1", TTS_THREADS="1",
-                      RAG_ENABLED="off", STT_LANGUAGE="en", LLM_MAX_TOKENS="48")
+    s = dev_server_settings(dev_settings, LLM_MAX_TOKENS="48")
     tool = {"type": "function", "name": "get_capital", "description": "The capital city of a country.",
             "parameters": {"type": "object", "properties": {"country": {"type": "string", "maxLength": 20}},
                            "required": ["country"]}}

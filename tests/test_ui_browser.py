@@ -26,7 +26,7 @@ import soundfile as sf
 import websockets
 from test_serve import KEY, Server
 
-from conftest import ROOT, model_file, need
+from conftest import ROOT, dev_server_settings, need
 from spark_voice.audio.io import load_audio
 from spark_voice.config import Settings
 from spark_voice.serve.app import create_app
@@ -412,10 +412,7 @@ def test_page_not_ready_and_microphone_denied(tmp_path):
 
 @pytest.mark.real
 def test_page_dev_profile(dev_settings, tmp_path):
-    for role in ("llm", "stt"):
-        model_file(dev_settings, role)
-    s = Settings.load(ROOT, environ={}, profile="dev", LLM_THREADS="1", STT_THREADS="1", TTS_THREADS="1",
-                      RAG_ENABLED="off", STT_LANGUAGE="en")
+    s = dev_server_settings(dev_settings)
     with Server(create_app(s)) as srv:
         srv.wait_ready(timeout=300)
 
